@@ -1,0 +1,148 @@
+"""The Method contract: a method owns its networks and expresses losses; the Trainer does everything else.
+
+A method never calls backward, owns no optimizer, moves nothing to a device and reads its
+hyper-parameters from its own `Options` dataclass (the `method:` section of the config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from medsemi.data.cases import DatasetInfo
+from medsemi.nets.registry import create_net
+from medsemi.registry import Registry
+
+
+@dataclass
+class Batch:
+    """One training batch, already augmented, on the training device.
+
+    image_l: (Bl, C, *spatial) labeled images; label_l: (Bl, *spatial) int64 class maps.
+    image_u: (Bu, C, *spatial) unlabeled images (the weak view).
+    image_u_strong: the photometric strong view of image_u (same geometry, so a pseudo-label map from the
+    weak view applies to it pixel for pixel); present only for methods with `needs_strong_view`.
+    """
+
+    image_l: Tensor
+    label_l: Tensor
+    image_u: Tensor
+    image_u_strong: Tensor | None = None
+
+
+@dataclass
+class NetSpec:
+    """Which backbone a method builds (config section `net:`); methods may build several from it."""
+
+    name: str = "unet"
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class MethodContext:
+    info: DatasetInfo
+    net: NetSpec
+    iterations: int
+
+    def build_net(self, name: str | None = None, **options: Any) -> nn.Module:
+        """A fresh network (new random init) from the configured spec; overrides win."""
+        merged = {**self.net.options, **options} if name is None else options
+        return create_net(
+            name or self.net.name, in_channels=self.info.in_channels, num_classes=self.info.num_classes, **merged
+        )
+
+
+@dataclass
+class Stage:
+    """A training phase with its own iteration count, optimizer and LR schedule (e.g. BCP pre-training)."""
+
+    name: str
+    iterations: int
+
+
+@dataclass
+class MethodOptions:
+    """Base class of every method's options; subclasses add their hyper-parameters with paper defaults."""
+
+
+class Method(nn.Module):
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    needs_strong_view: ClassVar[bool] = False
+    uses_unlabeled: ClassVar[bool] = True
+    registry_name: ClassVar[str] = ""
+
+    def __init__(self, options: MethodOptions, context: MethodContext) -> None:
+        super().__init__()
+        self.options = options
+        self.context = context
+        self.diagnostics: dict[str, float] = {}
+
+    def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
+        """Named, already weighted loss terms; the trainer back-propagates their sum.
+
+        `step` counts iterations within the current stage, from 0.
+        """
+        raise NotImplementedError
+
+    def after_step(self, step: int) -> None:
+        """Called after the optimizer step (EMA teachers update here)."""
+
+    def predictor(self) -> nn.Module:
+        """The network used for validation, testing and export."""
+        raise NotImplementedError
+
+    def ensemble_members(self) -> list[nn.Module]:
+        """Networks whose disagreement measures uncertainty at prediction time (teacher/student, branches)."""
+        return [self.predictor()]
+
+    def optimised_modules(self) -> dict[str, nn.Module]:
+        """Each entry gets its own optimizer (same settings unless the config overrides per name)."""
+        raise NotImplementedError
+
+    def stages(self) -> list[Stage]:
+        return [Stage("train", self.context.iterations)]
+
+    def start_stage(self, stage: Stage, previous_best: dict[str, Tensor] | None) -> None:
+        """Called before each stage; `previous_best` is the best-on-val state_dict of the previous stage."""
+
+    def log(self, name: str, value: float | Tensor) -> None:
+        """Record a diagnostic (not a loss) for the training log."""
+        self.diagnostics[name] = float(value)
+
+
+METHODS: Registry[Method] = Registry("method")
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    def decorator(cls: type[Method]) -> type[Method]:
+        cls.registry_name = name
+        METHODS.register(name)(cls)
+        return cls
+
+    return decorator
+
+
+def method_class(name: str) -> type[Method]:
+    return METHODS.get(name)  # type: ignore[return-value]
+
+
+def build_options(cls: type[Method], values: dict[str, Any]) -> MethodOptions:
+    """Fill a method's Options from its config section; unknown keys are errors, not silent typos."""
+    known = {f.name for f in dataclasses.fields(cls.Options)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise KeyError(f"method {cls.registry_name!r} has no option(s) {unknown}; known: {sorted(known)}")
+    return cls.Options(**values)
+
+
+def create_method(name: str, options: dict[str, Any], context: MethodContext) -> Method:
+    cls = method_class(name)
+    return cls(build_options(cls, options), context)
+
+
+def list_methods() -> list[str]:
+    return METHODS.names()
