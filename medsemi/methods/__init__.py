@@ -1,6 +1,8 @@
-"""SSL methods; importing this package registers them all."""
+"""SSL methods; importing this package registers every module in it."""
 
-from medsemi.methods import mean_teacher, supervised  # noqa: F401
 from medsemi.methods.base import Batch, Method, MethodContext, create_method, list_methods, register_method
+from medsemi.registry import import_submodules
+
+import_submodules(__name__)
 
 __all__ = ["Batch", "Method", "MethodContext", "create_method", "list_methods", "register_method"]

@@ -73,6 +73,7 @@ class Method(nn.Module):
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     needs_strong_view: ClassVar[bool] = False
     uses_unlabeled: ClassVar[bool] = True
+    supported_dims: ClassVar[tuple[int, ...]] = (2, 3)
     registry_name: ClassVar[str] = ""
 
     def __init__(self, options: MethodOptions, context: MethodContext) -> None:
@@ -98,6 +99,10 @@ class Method(nn.Module):
     def ensemble_members(self) -> list[nn.Module]:
         """Networks whose disagreement measures uncertainty at prediction time (teacher/student, branches)."""
         return [self.predictor()]
+
+    def ema_teachers(self) -> list[nn.Module]:
+        """Networks updated only by `after_step` (no loss may send gradient into them)."""
+        return []
 
     def optimised_modules(self) -> dict[str, nn.Module]:
         """Each entry gets its own optimizer (same settings unless the config overrides per name)."""

@@ -63,5 +63,8 @@ class MeanTeacher(Method):
     def ensemble_members(self) -> list[nn.Module]:
         return [self.student, self.teacher]
 
+    def ema_teachers(self) -> list[nn.Module]:
+        return [self.teacher]
+
     def optimised_modules(self) -> dict[str, nn.Module]:
         return {"student": self.student}

@@ -1,6 +1,8 @@
-"""Segmentation networks; importing this package registers them all."""
+"""Segmentation networks; importing this package registers every module in it."""
 
-from medsemi.nets import unet, vnet  # noqa: F401
 from medsemi.nets.registry import create_net, list_nets, register_net
+from medsemi.registry import import_submodules
+
+import_submodules(__name__)
 
 __all__ = ["create_net", "list_nets", "register_net"]
