@@ -1,0 +1,332 @@
+"""The one training loop every method runs through: stages, optimizers, schedules, validation, checkpoints."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from medsemi.config import Config, save_config
+from medsemi.data.cases import DataError
+from medsemi.data.registry import create_dataset
+from medsemi.data.splits import Split, make_split, require_unlabeled
+from medsemi.data.stream import BatchStream
+from medsemi.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from medsemi.eval.evaluate import evaluate_cases, mean_dice
+from medsemi.methods import Method, MethodContext, create_method
+from medsemi.methods.base import NetSpec, Stage
+
+
+class RunExistsError(FileExistsError):
+    pass
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to write into another run's folder unless asked to resume it or to replace it."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if resume:
+            return
+        if not overwrite:
+            raise RunExistsError(
+                f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def build_optimizer(module: nn.Module, settings: dict[str, Any]) -> torch.optim.Optimizer:
+    params = [p for p in module.parameters() if p.requires_grad]
+    name = settings["name"]
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=settings["lr"], momentum=settings["momentum"], weight_decay=settings["weight_decay"]
+        )
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=settings["lr"], weight_decay=settings["weight_decay"])
+    if name == "adam":
+        return torch.optim.Adam(params, lr=settings["lr"], weight_decay=settings["weight_decay"])
+    raise ValueError(f"optim.name {name!r} is not one of sgd, adam, adamw")
+
+
+def learning_rate(settings: dict[str, Any], step: int, iterations: int) -> float:
+    """poly: lr (1 - t/T)^power (SSL4MIS); step: lr gamma^(t // every) (BCP on LA); constant."""
+    base, schedule = settings["lr"], settings["schedule"]
+    if schedule == "poly":
+        return base * (1.0 - step / iterations) ** settings["poly_power"]
+    if schedule == "step":
+        return base * settings["step_gamma"] ** (step // settings["step_every"])
+    if schedule == "constant":
+        return base
+    raise ValueError(f"optim.schedule {schedule!r} is not one of poly, step, constant")
+
+
+@dataclass
+class TrainState:
+    """Where a run is; saved in every checkpoint so a killed run resumes exactly here."""
+
+    stage_index: int = 0
+    step: int = 0
+    global_step: int = 0
+    best_dice: float = -1.0
+    best_step: int = -1
+    finished: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, config: Config, *, resume: bool = False, overwrite: bool = False) -> None:
+        self.config = config
+        self.run_dir = Path(config.run.dir)
+        prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+        self.device = resolve_device(config.train.device)
+        seed_everything(config.seed)
+        dataset = create_dataset(config.data.dataset, config.data.root, **config.data.options)
+        self.info = dataset.info
+        self.split: Split = make_split(
+            dataset, config.data.labeled, Path(config.data.split_file) if config.data.split_file else None
+        )
+        context = MethodContext(
+            info=self.info, net=NetSpec(config.net.name, dict(config.net.options)), iterations=config.train.iterations
+        )
+        self.method: Method = create_method(config.method_name, config.method_options, context).to(self.device)
+        if self.method.uses_unlabeled:
+            require_unlabeled(self.split, config.method_name)
+        if config.train.channels_last and self.info.spatial_dims == 2:
+            self.method.to(memory_format=torch.channels_last)
+        self.stream = BatchStream(
+            self.split.labeled,
+            self.split.unlabeled if self.method.uses_unlabeled else [],
+            spatial_dims=self.info.spatial_dims,
+            patch_size=tuple(config.data.patch_size),
+            batch_labeled=config.data.batch_labeled,
+            batch_unlabeled=config.data.batch_unlabeled if self.method.uses_unlabeled else 0,
+            augment=config.data.augment,
+            strong_view=self.method.needs_strong_view,
+            seed=config.seed,
+            device=self.device,
+        )
+        self.val_cases = self._val_cases()
+        self.state = TrainState()
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        last = self.checkpoint_dir / "last.pt"
+        if resume and last.exists():
+            self._restore(load_checkpoint(last, self.device))
+        save_config(config, self.run_dir / "config.yaml")
+
+    def _val_cases(self) -> list:
+        split = self.config.train.val_split
+        if split == "none":
+            return []
+        cases = {"val": self.split.val, "test": self.split.test}.get(split)
+        if cases is None:
+            raise DataError(f"train.val_split {split!r} is not one of val, test, none")
+        return cases[: self.config.train.val_limit]
+
+    def _optimizer_settings(self, name: str) -> dict[str, Any]:
+        optim = self.config.optim
+        base = {k: getattr(optim, k) for k in optim.__dataclass_fields__ if k != "overrides"}
+        return {**base, **optim.overrides.get(name, {})}
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        self.method.load_state_dict(checkpoint["method"])
+        self.state = TrainState(**checkpoint["state"])
+        self._pending_optimizers = checkpoint.get("optimizers")
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        np.random.set_state(checkpoint["rng"]["numpy"])
+        random.setstate(checkpoint["rng"]["python"])
+
+    def _checkpoint(self, name: str, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        save_checkpoint(
+            self.checkpoint_dir / name,
+            {
+                "method": self.method.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                "state": self.state.__dict__,
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "numpy": np.random.get_state(),
+                    "python": random.getstate(),
+                },
+                "config_method": self.config.method_name,
+            },
+        )
+
+    def _write_log(self) -> None:
+        rows = self.state.history
+        columns = sorted({key for row in rows for key in row}, key=lambda k: (k not in LOG_FIRST, k))
+        lines = [",".join(columns)]
+        lines += [",".join(_format(row.get(c, "")) for c in columns) for row in rows]
+        atomic_write_text(self.run_dir / "log.csv", "\n".join(lines) + "\n")
+
+    def validate(self) -> float:
+        predictor = self.method.predictor()
+        was_training = predictor.training
+        predictor.eval()
+        rows = evaluate_cases(
+            predictor, self.val_cases, self.info, self.config, self.device, dice_only=True, show_progress=False
+        )
+        predictor.train(was_training)
+        return mean_dice(rows)
+
+    def fit(self) -> Path:
+        stages = self.method.stages()
+        previous_best: dict[str, Tensor] | None = None
+        for index, stage in enumerate(stages):
+            if index < self.state.stage_index:
+                continue
+            if index > 0 and previous_best is None:
+                previous_best = self._best_state(stages[index - 1])
+            self._run_stage(index, stage, previous_best)
+            previous_best = self._best_state(stage)
+        return self.run_dir
+
+    def _best_state(self, stage: Stage) -> dict[str, Tensor]:
+        best = self.checkpoint_dir / f"best_{stage.name}.pt"
+        source = best if best.exists() else self.checkpoint_dir / f"last_{stage.name}.pt"
+        return load_checkpoint(source, self.device)["method"]
+
+    def _run_stage(self, index: int, stage: Stage, previous_best: dict[str, Tensor] | None) -> None:
+        resuming = index == self.state.stage_index and self.state.step > 0
+        if not resuming:
+            self.method.start_stage(stage, previous_best)
+            self.state.stage_index, self.state.step = index, 0
+            self.state.best_dice, self.state.best_step = -1.0, -1
+        modules = self.method.optimised_modules()
+        settings = {name: self._optimizer_settings(name) for name in modules}
+        optimizers = {name: build_optimizer(module, settings[name]) for name, module in modules.items()}
+        pending = getattr(self, "_pending_optimizers", None)
+        if resuming and pending:
+            for name, optimizer in optimizers.items():
+                optimizer.load_state_dict(pending[name])
+        self._pending_optimizers = None
+        config = self.config.train
+        use_amp = config.amp
+        scaler = torch.amp.GradScaler(self.device.type, enabled=use_amp and self.device.type == "cuda")
+        amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        progress = _progress(stage, self.state.step, config.progress)
+        self.method.train()
+        writer = _tensorboard(self.run_dir)
+        while self.state.step < stage.iterations:
+            step = self.state.step
+            for name, optimizer in optimizers.items():
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(settings[name], step, stage.iterations)
+            batch = self.stream.batch(self.state.global_step)
+            if config.channels_last and self.info.spatial_dims == 2:
+                batch = _channels_last(batch)
+            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
+                losses = self.method.training_step(batch, step)
+            total = sum(losses.values())
+            if not torch.isfinite(total):
+                bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+                raise NonFiniteLossError(
+                    f"{self.run_dir}: loss {bad} became {total.item()} at stage {stage.name!r} step {step}; "
+                    f"the last good checkpoint is {self.checkpoint_dir / 'last.pt'}"
+                )
+            for optimizer in optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            for optimizer in optimizers.values():
+                scaler.step(optimizer)
+            scaler.update()
+            self.method.after_step(step)
+            self.state.step += 1
+            self.state.global_step += 1
+            row: dict[str, Any] = {
+                "stage": stage.name,
+                "step": self.state.step,
+                "global_step": self.state.global_step,
+                "lr": optimizers[next(iter(optimizers))].param_groups[0]["lr"],
+                "loss": total.item(),
+                **{f"loss/{k}": v.item() for k, v in losses.items()},
+                **self.method.diagnostics,
+            }
+            done = self.state.step == stage.iterations
+            if self.val_cases and (self.state.step % config.val_every == 0 or done):
+                dice = self.validate()
+                row["val_dice"] = dice
+                if dice > self.state.best_dice:
+                    self.state.best_dice, self.state.best_step = dice, self.state.step
+                    self._checkpoint(f"best_{stage.name}.pt", optimizers)
+                    if index == len(self.method.stages()) - 1:
+                        self._checkpoint("best.pt", optimizers)
+            self.state.history.append(row)
+            if writer is not None:
+                for key, value in row.items():
+                    if isinstance(value, float):
+                        writer.add_scalar(key, value, self.state.global_step)
+            progress.update(1)
+            progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+            if self.state.step % config.checkpoint_every == 0 and not done:
+                self._checkpoint("last.pt", optimizers)
+                self._write_log()
+        progress.close()
+        if writer is not None:
+            writer.close()
+        self._checkpoint(f"last_{stage.name}.pt", optimizers)
+        if index + 1 < len(self.method.stages()):
+            self.state.stage_index, self.state.step = index + 1, 0
+        else:
+            self.state.finished = True
+        self._checkpoint("last.pt", optimizers)
+        self._write_log()
+
+
+LOG_FIRST = ("stage", "step", "global_step", "lr", "loss", "val_dice")
+
+
+def _format(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _channels_last(batch: Any) -> Any:
+    for name in ("image_l", "image_u", "image_u_strong"):
+        value = getattr(batch, name)
+        if value is not None and value.dim() == 4:
+            setattr(batch, name, value.contiguous(memory_format=torch.channels_last))
+    return batch
+
+
+def _progress(stage: Stage, initial: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=stage.iterations, initial=initial, desc=stage.name, disable=not enabled, dynamic_ncols=True)
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Train (or resume) the run described by `config`; returns the run folder."""
+    trainer = Trainer(config, resume=resume, overwrite=overwrite)
+    if trainer.state.finished:
+        return trainer.run_dir
+    return trainer.fit()
