@@ -123,6 +123,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         origin = typing.get_origin(option) or option
         if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if origin is float and isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-3" as a string
+            except ValueError:
+                continue
         if origin in (int, str, bool) and type(value) is origin:
             return value
         if origin in (list, dict) and isinstance(value, origin) or origin is Any:

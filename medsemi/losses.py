@@ -65,6 +65,17 @@ def entropy_map(probs: Tensor, eps: float = 1e-8) -> Tensor:
     return -(probs * torch.log(probs + eps)).sum(1)
 
 
+def distillation_kl(student_logits: Tensor, teacher_probs: Tensor, temperature: float) -> Tensor:
+    """Hinton KD, dense: T^2 KL(teacher || softmax(student / T)), summed over classes, mean over pixels.
+
+    Every pixel is one sample (`reduction="batchmean"` on the (B*H*W, C) matrix, as CDMA computes it).
+    teacher_probs: (B, C, *spatial) already temperature-softened targets; detach them to distil one way.
+    """
+    log_student = F.log_softmax(student_logits / temperature, dim=1)
+    kl = F.kl_div(log_student, teacher_probs, reduction="none").sum(1)
+    return kl.mean() * temperature**2
+
+
 def sigmoid_rampup(current: float, length: float) -> float:
     """exp(-5 (1 - t)^2), t = current / length clipped to [0, 1] (Laine & Aila)."""
     if length == 0:

@@ -27,16 +27,23 @@ from medsemi.methods.base import NetSpec
 def predict_probabilities(
     net: nn.Module, image: np.ndarray, info: DatasetInfo, config: Config, device: torch.device
 ) -> Tensor:
-    """(K, *spatial) softmax probabilities of one case, as the protocol of its dataset prescribes."""
+    """(K, *spatial) softmax probabilities of one case, as the protocol of its dataset prescribes.
+
+    2D networks trained on resized slices see resized slices (a 2D image is a one-slice volume); networks trained
+    on crops (`augment: crop`, 3D) see a sliding window of the patch size.
+    """
     patch = config.eval.patch_size or config.data.patch_size
-    return predict_case(
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).float().to(device)
+    as_volume = info.spatial_dims == 2 and tensor.dim() == 3 and config.data.augment != "crop"
+    probs = predict_case(
         net,
-        torch.from_numpy(np.ascontiguousarray(image)).float().to(device),
+        tensor.unsqueeze(1) if as_volume else tensor,
         spatial_dims=info.spatial_dims,
         patch_size=tuple(patch),
         stride=tuple(config.eval.stride) if config.eval.stride else None,
         batch_size=config.eval.batch_size,
     )
+    return probs[:, 0] if as_volume else probs
 
 
 def predict_labels(

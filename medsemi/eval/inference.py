@@ -136,7 +136,7 @@ def sliding_window(
 def predict_case(
     net: nn.Module,
     image: Tensor,
-    spatial_dims_of_net: int,
+    spatial_dims: int,
     patch_size: Sequence[int] | None = None,
     stride: Sequence[int] | None = None,
     batch_size: int = 16,
@@ -148,10 +148,10 @@ def predict_case(
     window (a single padded window when the image fits in the patch; default stride = half the patch).
     """
     image_dims = image.dim() - 1
-    if spatial_dims_of_net == 2 and image_dims == 3:
+    if spatial_dims == 2 and image_dims == 3:
         return predict_slices(net, image, patch_size or image.shape[-2:], batch_size=batch_size)
-    if spatial_dims_of_net != image_dims:
-        raise ValueError(f"a {spatial_dims_of_net}D network cannot predict a {image_dims}D image")
+    if spatial_dims != image_dims:
+        raise ValueError(f"a {spatial_dims}D network cannot predict a {image_dims}D image")
     if patch_size is None:
         device = _device(net, image.device)
         return torch.softmax(net(image.to(device, torch.float32).unsqueeze(0)).float(), dim=1)[0]

@@ -1,4 +1,4 @@
-"""Segmentation metrics defined exactly as medpy computes them (the numbers the SSL papers print), without medpy.
+"""Segmentation metrics exactly as medpy computes them (the numbers the SSL papers print), without medpy.
 
 Surfaces: a mask XOR its binary erosion with a connectivity-1 structure (outside the image counts as
 background). Surface distances: `distance_transform_edt` of the other mask's surface complement, sampled at

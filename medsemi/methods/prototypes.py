@@ -15,13 +15,13 @@ from torch import Tensor
 
 
 def class_prototypes(features: Tensor, probs: Tensor, eps: float = 1e-5) -> Tensor:
-    """Soft masked average pooling: mu[b, c] = sum_x F_b(x) P_bc(x) / (sum_x P_bc(x) + eps), shape (B, C, D)."""
+    """Soft masked average pooling, (B, C, D): mu[b, c] = sum_x F_b(x) P_bc(x) / (sum_x P_bc(x) + eps)."""
     masks = probs.flatten(2)
     return torch.einsum("bcn,bdn->bcd", masks, features.flatten(2)) / (masks.sum(-1, keepdim=True) + eps)
 
 
 def prototype_similarity(features: Tensor, prototypes: Tensor) -> Tensor:
-    """Cosine of every pixel of every image to every class prototype of every image: S[b, x, b', c], (B, N, B, C)."""
+    """S[b, x, b', c] = cos(F_b(x), mu[b', c]): every pixel against every image's prototypes, (B, N, B, C)."""
     pixels = F.normalize(features.flatten(2), dim=1)
     return torch.einsum("bdn,kcd->bnkc", pixels, F.normalize(prototypes, dim=-1))
 
@@ -43,7 +43,7 @@ def vote_agreement(similarity: Tensor, eps: float = 1e-6) -> Tensor:
 
 @dataclass
 class PrototypePredictions:
-    """self_logits: cosine to the image's own prototypes (SPP, softmax it for probabilities), (B, C, *spatial).
+    """self_logits: cosine to the image's own prototypes (SPP; softmax gives probabilities), (B, C, *spatial).
     cross_probs: class probabilities from the other images' prototypes (CPP), (B, C, *spatial).
     agreement: vote agreement of all images' prototype sets, (B, *spatial).
     """

@@ -28,8 +28,8 @@ class SCPOptions(MethodOptions):
     """Defaults of the released SCPNettrain.py; `cross_weight` and `dice` default to the paper's description.
 
     cross_weight: "agreement" weights CPCC by 1 - H(votes)/log C (reliable where the prototype sets agree);
-    "disagreement" by H(votes)/log C, what the released code computes. dice: "standard" 1 - 2|PY|/(|P|^2+|Y|^2);
-    "code" the released DiceLoss without the factor 2.
+    "disagreement" by H(votes)/log C, what the released code computes.
+    dice: "standard" 1 - 2|PY|/(|P|^2+|Y|^2); "code" the released DiceLoss without the factor 2.
     """
 
     consistency: float = 0.1
@@ -60,7 +60,7 @@ class SCP(Method):
     def __init__(self, options: SCPOptions, context: MethodContext) -> None:
         super().__init__(options, context)
         if options.cross_weight not in CROSS_WEIGHTS:
-            raise ValueError(f"scp: cross_weight must be one of {CROSS_WEIGHTS}, got {options.cross_weight!r}")
+            raise ValueError(f"scp: cross_weight must be in {CROSS_WEIGHTS}, got {options.cross_weight!r}")
         if options.dice not in DICE_VARIANTS:
             raise ValueError(f"scp: dice must be one of {DICE_VARIANTS}, got {options.dice!r}")
         self.net = context.build_net()
@@ -78,8 +78,10 @@ class SCP(Method):
             pixel_weight = (self_probs.amax(1) * reliability).unsqueeze(1)
 
         dice = soft_dice_loss if o.dice == "standard" else unscaled_dice_loss
-        labeled_logits, labels = logits[:n_labeled], batch.label_l
-        supervised = 0.5 * (F.cross_entropy(labeled_logits, labels.long()) + dice(probs[:n_labeled], labels))
+        labels = batch.label_l
+        supervised = 0.5 * (
+            F.cross_entropy(logits[:n_labeled], labels.long()) + dice(probs[:n_labeled], labels)
+        )
         self_consistency = torch.mean((self_probs - probs) ** 2)
         cross_consistency = torch.mean(pixel_weight * (proto.cross_probs - probs) ** 2)
 

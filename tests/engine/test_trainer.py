@@ -1,0 +1,125 @@
+"""The shared trainer on the synthetic phantom: run folder contract, refusal to overwrite, resume, NaN stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from medsemi.config import load_config
+from medsemi.engine.checkpoint import load_checkpoint, save_checkpoint
+from medsemi.engine.trainer import NonFiniteLossError, RunExistsError, Trainer, learning_rate, train
+from medsemi.eval.evaluate import evaluate_run
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = [
+    "data.patch_size=[32,32]",
+    "data.batch_labeled=2",
+    "data.batch_unlabeled=2",
+    "net.options={widths: [4, 8, 16, 32, 64]}",
+    "train.progress=false",
+    "eval.batch_size=64",
+]
+
+
+def _config(run_dir: Path, *extra: str):
+    return load_config(REPO / "configs/demo/mean_teacher.yaml", [*TINY, f"run.dir={run_dir}", *extra])
+
+
+def test_run_folder_holds_config_log_checkpoints_and_evaluation(tmp_path: Path) -> None:
+    run_dir = train(_config(tmp_path / "run", "train.iterations=6", "train.val_every=3", "train.checkpoint_every=3"))
+    assert (run_dir / "config.yaml").exists()
+    log = (run_dir / "log.csv").read_text().splitlines()
+    assert log[0].startswith("stage,step,global_step,lr,loss,val_dice")
+    assert len(log) == 1 + 6
+    for name in ("last.pt", "best.pt", "last_train.pt", "best_train.pt"):
+        assert (run_dir / "checkpoints" / name).exists(), name
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["state"]
+    assert state["finished"] and state["global_step"] == 6
+    summary = evaluate_run(run_dir, split="test", limit=2)
+    out = run_dir / "eval" / "test_best"
+    assert (out / "cases.csv").exists() and (out / "summary.md").exists() and (out / "dice.png").exists()
+    assert 0.0 <= summary["mean"]["dice"] <= 1.0
+
+
+def test_existing_run_folder_is_never_overwritten_silently(tmp_path: Path) -> None:
+    config = _config(tmp_path / "run", "train.iterations=2", "train.val_split=none")
+    train(config)
+    marker = tmp_path / "run" / "checkpoints" / "last.pt"
+    stamp = marker.stat().st_mtime_ns
+    with pytest.raises(RunExistsError, match="--resume"):
+        train(config)
+    assert marker.stat().st_mtime_ns == stamp
+    train(config, overwrite=True)
+    assert marker.stat().st_mtime_ns != stamp
+
+
+def test_learning_rate_schedules() -> None:
+    settings = {"lr": 0.01, "schedule": "poly", "poly_power": 0.9, "step_every": 2500, "step_gamma": 0.1}
+    assert learning_rate(settings, 0, 30000) == pytest.approx(0.01)
+    assert learning_rate(settings, 15000, 30000) == pytest.approx(0.01 * 0.5**0.9)
+    step = {**settings, "schedule": "step"}
+    assert learning_rate(step, 2499, 15000) == pytest.approx(0.01)
+    assert learning_rate(step, 5000, 15000) == pytest.approx(0.0001)
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """SIGKILL a real `medsemi train` process mid-run; --resume must end where an uninterrupted run ends."""
+    extra = ["train.iterations=40", "train.checkpoint_every=4", "train.val_split=none"]
+    reference = train(_config(tmp_path / "reference", *extra))
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "medsemi.cli", "train", str(REPO / "configs/demo/mean_teacher.yaml")]
+    command += [*TINY, *extra, f"run.dir={run_dir}"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = load_checkpoint(last)["state"]["global_step"]
+    assert killed_at < 40, "the run finished before it could be killed; make it longer"
+    train(_config(run_dir, *extra), resume=True)
+    resumed = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    expected = load_checkpoint(reference / "checkpoints" / "last.pt")
+    assert resumed["state"]["finished"] and resumed["state"]["global_step"] == 40
+    for key, value in expected["method"].items():
+        assert torch.allclose(resumed["method"][key].float(), value.float(), atol=1e-6), key
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def crash(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    trainer = Trainer(_config(tmp_path / "run", "train.iterations=8", "train.checkpoint_every=2", "train.val_split=none"))
+    original = trainer.method.training_step
+
+    def poisoned(batch, step):
+        losses = original(batch, step)
+        if step == 5:
+            losses["supervised"] = losses["supervised"] * float("nan")
+        return losses
+
+    trainer.method.training_step = poisoned
+    with pytest.raises(NonFiniteLossError, match="step 5"):
+        trainer.fit()
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["state"]
+    assert state["global_step"] == 4 and not state["finished"]
