@@ -35,7 +35,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from medsemi.eval.predict import predict_files
 
-    written = predict_files(Path(args.run), [Path(p) for p in args.inputs], Path(args.output), checkpoint=args.checkpoint)
+    written = predict_files(
+        Path(args.run), [Path(p) for p in args.inputs], Path(args.output), checkpoint=args.checkpoint
+    )
     for path in written:
         print(path)
     return 0
@@ -46,7 +48,11 @@ def _list(args: argparse.Namespace) -> int:
     from medsemi.methods import list_methods
     from medsemi.nets import list_nets
 
-    for title, names in (("methods", list_methods()), ("networks", list_nets()), ("datasets", list_datasets())):
+    for title, names in (
+        ("methods", list_methods()),
+        ("networks", list_nets()),
+        ("datasets", list_datasets()),
+    ):
         print(f"{title}: {', '.join(names)}")
     return 0
 
@@ -75,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config (configs/<dataset>/<method>.yaml)")
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.iterations=1000")
     mode = train.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="continue the run in run.dir from its last checkpoint")
+    mode.add_argument(
+        "--resume", action="store_true", help="continue the run in run.dir from its last checkpoint"
+    )
     mode.add_argument("--overwrite", action="store_true", help="delete an existing run.dir and start again")
     train.set_defaults(handler=_train)
 

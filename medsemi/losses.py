@@ -45,6 +45,22 @@ def soft_dice_loss(
     return (losses if include_background else losses[1:]).mean()
 
 
+def per_sample_dice_loss(
+    probs: Tensor, target: Tensor, mask: Tensor | None = None, *, smooth: float = 1e-5
+) -> Tensor:
+    """SS-Net/BCP `mask_DiceLoss` (their LA code): Dice per sample and per class, then the mean of both.
+
+    1 - mean_{n,c} (2 sum_i p t m + s) / (sum_i (p + t) m + s): linear denominators, background included.
+    probs: (B, C, *spatial) softmax; target: class indices or one-hot; mask: optional (B, *spatial) weights.
+    """
+    target = one_hot(target, probs.shape[1]) if target.dim() == probs.dim() - 1 else target
+    weight = 1.0 if mask is None else mask.unsqueeze(1).to(probs.dtype)
+    dims = list(range(2, probs.dim()))
+    intersection = (probs * target * weight).sum(dims)
+    union = ((probs + target) * weight).sum(dims)
+    return 1 - ((2 * intersection + smooth) / (union + smooth)).mean()
+
+
 def masked_cross_entropy(logits: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     """Pixel-wise CE; with a mask, the mask-weighted sum divided by the number of pixels (not the mask sum)."""
     per_pixel = F.cross_entropy(logits, target.long(), reduction="none")
@@ -84,6 +100,8 @@ def sigmoid_rampup(current: float, length: float) -> float:
     return float(math.exp(-5.0 * (1.0 - t) ** 2))
 
 
-def consistency_weight(step: int, max_weight: float, rampup_epochs: float, iterations_per_epoch: int) -> float:
+def consistency_weight(
+    step: int, max_weight: float, rampup_epochs: float, iterations_per_epoch: int
+) -> float:
     """SSL4MIS ramp: max_weight * sigmoid_rampup(step // iterations_per_epoch, rampup_epochs)."""
     return max_weight * sigmoid_rampup(step // iterations_per_epoch, rampup_epochs)

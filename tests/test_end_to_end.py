@@ -46,7 +46,14 @@ def test_acdc_mean_teacher_trains_is_killed_resumes_and_evaluates_40_test_volume
 ) -> None:
     run_dir = tmp_path / "mt"
     overrides = _acdc_overrides(acdc_root, run_dir)
-    command = [sys.executable, "-m", "medsemi.cli", "train", str(REPO / "configs/acdc/mean_teacher.yaml"), *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "medsemi.cli",
+        "train",
+        str(REPO / "configs/acdc/mean_teacher.yaml"),
+        *overrides,
+    ]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     last = run_dir / "checkpoints" / "last.pt"
     deadline = time.time() + 300

@@ -1,11 +1,11 @@
 """ACDC in the SSL4MIS h5 layout: 2D training slices, whole validation/test volumes.
 
-    ROOT/train_slices.list, val.list, test.list          one name per line
-    ROOT/data/slices/<patient>_<frame>_slice_<k>.h5       image float32 (H, W), label (H, W)   (train)
-    ROOT/data/<patient>_<frame>.h5                        image float32 (D, H, W), label (D, H, W)  (val, test)
+    ROOT/train_slices.list, val.list, test.list      one name per line
+    ROOT/data/slices/<patient>_<frame>_slice_<k>.h5   image float32 (H, W), label (H, W)          (train)
+    ROOT/data/<patient>_<frame>.h5                    image float32 (D, H, W), label (D, H, W)    (val, test)
 
-Training cases keep `train_slices.list` order (the label budget takes the first N patients of it); both frames of
-a patient share `patient`. The release stores no spacing, so spacing is 1.0 per axis (metrics in voxel units).
+Training cases keep `train_slices.list` order (the label budget takes the first N patients of it); both frames
+of a patient share `patient`. The release stores no spacing, so spacing is 1.0 per axis (metrics in voxels).
 """
 
 from __future__ import annotations
@@ -14,7 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from medsemi.data.cases import Case, Dataset, DatasetInfo
-from medsemi.data.io import ProblemLog, Source, checked_image, checked_splits, checked_label, existing_dir, limited, read_h5, read_list
+from medsemi.data.io import (
+    ProblemLog,
+    Source,
+    checked_image,
+    checked_label,
+    checked_splits,
+    existing_dir,
+    limited,
+    read_h5,
+    read_list,
+)
 from medsemi.data.registry import register_dataset
 
 CLASS_NAMES = ["background", "RV", "Myo", "LV"]
@@ -44,7 +54,9 @@ def _cases(root: Path, split: str, log: ProblemLog, limit: int | None) -> Iterat
             yield case
 
 
-def scan(root: Path | None, log: ProblemLog, splits: tuple[str, ...] | list[str] = SPLITS, limit: int | None = None) -> Source:
+def scan(
+    root: Path | None, log: ProblemLog, splits: tuple[str, ...] | list[str] = SPLITS, limit: int | None = None
+) -> Source:
     root = existing_dir(root, "acdc")
     splits = checked_splits(splits, SPLITS, "acdc")
     info = DatasetInfo("acdc", list(CLASS_NAMES), spatial_dims=2, in_channels=1)

@@ -1,15 +1,15 @@
 """File-level reading and writing shared by every reader, so each file problem is reported one way.
 
-Readers do not read pixels eagerly in one go: a reader's `scan(root, log, ...)` returns a `Source` whose roles are
-lazy iterators of `Case`. Loading a dataset drains them and fails on the first bad file; `medsemi data check` drains
-the same iterators with a collecting `ProblemLog`, keeps no arrays, and so reports every bad file at once. One code
-path means "check passes" and "loading succeeds" cannot disagree.
+A reader's `scan(root, log, ...)` returns a `Source` whose roles are lazy iterators of `Case`. Loading a
+dataset drains them and fails on the first bad file; `medsemi data check` drains the same iterators with a
+collecting `ProblemLog`, keeps no arrays, and so reports every bad file at once. One code path means "check
+passes" and "loading succeeds" cannot disagree.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -27,6 +27,8 @@ ROLES = ("train", "val", "test", "unlabeled")
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 RASTER_ENDINGS = (".png", ".tif", ".tiff")
 AFFINE_TOLERANCE = 1e-4
+COLOUR_MODES = ("RGB", "RGBA", "P", "CMYK", "YCbCr", "HSV", "LAB")  # PIL modes read as 3-channel RGB images
+GREY_ALPHA_MODES = ("LA", "La", "PA")
 
 
 class DataFileError(DataError):
@@ -48,20 +50,23 @@ class ProblemLog:
         self.collect = collect
         self.errors: list[DataError] = []
 
+    def report(self, error: DataError) -> None:
+        if not self.collect:
+            raise error
+        self.errors.append(error)
+
     def attempt(self, function: Callable[..., T], *args: object) -> T | None:
         """`function(*args)`, or None after recording its DataError (collecting mode only)."""
         try:
             return function(*args)
         except DataError as error:
-            if not self.collect:
-                raise
-            self.errors.append(error)
+            self.report(error)
             return None
 
 
 @dataclass
 class Source:
-    """A dataset folder before its pixels are read: info plus lazy cases per role (train/val/test/unlabeled)."""
+    """A dataset folder before its pixels are read: info plus lazy cases per role (train/val/test/...)."""
 
     info: DatasetInfo
     roles: dict[str, Iterable[Case]] = field(default_factory=dict)
@@ -103,13 +108,13 @@ def read_list(path: Path) -> list[str]:
 def limited(items: list[T], limit: int | None) -> list[T]:
     """The first `limit` items (all when None): quick tests read a prefix of a list, never a sample of it."""
     if limit is not None and limit < 1:
-        raise DataError(f"option limit must be >= 1 or null (got {limit})")
+        raise DataError(f"data.options.limit must be >= 1 or null, got {limit!r}")
     return items if limit is None else items[:limit]
 
 
 def carve_last_patients(ids: list[str], patient_of: dict[str, str], count: int) -> tuple[list[str], list[str]]:
-    """Split ids into (kept, carved): carved = every id of the LAST `count` distinct patients, so a budget that
-    takes the first N patients never meets the carved validation set (option `val_from_train`)."""
+    """Split ids into (kept, carved): carved = every id of the LAST `count` distinct patients, so a budget
+    that takes the first N patients never meets the carved validation set (option `val_from_train`)."""
     patients = list(dict.fromkeys(patient_of[name] for name in ids))
     if isinstance(count, bool) or not isinstance(count, int) or not (count == 0 or 0 < count < len(patients)):
         raise DataError(
@@ -117,7 +122,9 @@ def carve_last_patients(ids: list[str], patient_of: dict[str, str], count: int) 
             f"(there are {len(patients)} training patients), got {count!r}"
         )
     carved = set(patients[len(patients) - count :])
-    return [name for name in ids if patient_of[name] not in carved], [name for name in ids if patient_of[name] in carved]
+    return [name for name in ids if patient_of[name] not in carved], [
+        name for name in ids if patient_of[name] in carved
+    ]
 
 
 def read_h5(path: Path, keys: tuple[str, ...] = ("image", "label")) -> dict[str, np.ndarray]:
@@ -144,7 +151,7 @@ def checked_image(path: Path, image: np.ndarray, spatial_dims: int) -> np.ndarra
 
 
 def checked_label(path: Path, label: np.ndarray, spatial_shape: tuple[int, ...], class_names: list[str]) -> np.ndarray:
-    """An integer class map of the image's spatial shape with values in 0..K-1, as uint8 (int64 past 256 classes)."""
+    """A class map of the image's spatial shape, values in 0..K-1, as uint8 (int64 past 256 classes)."""
     if tuple(label.shape) != tuple(spatial_shape):
         raise DataFileError(path, f"label shape {tuple(label.shape)} differs from image shape {tuple(spatial_shape)}")
     if label.dtype.kind == "b":
@@ -182,8 +189,8 @@ class Raw:
 
 
 def read_nifti(path: Path, label: bool = False) -> Raw:
-    """Voxel array in the file's axis order (no reorientation), zooms as spacing; a singleton 3rd axis makes it 2D.
-    Images get a leading channel axis (one file per channel), labels do not."""
+    """Voxel array in the file's axis order (no reorientation), zooms as spacing; a singleton 3rd axis
+    makes it 2D. Images get a leading channel axis (one file per channel), labels do not."""
     if not path.is_file():
         raise DataFileError(path, "file not found")
     try:
@@ -208,14 +215,16 @@ def read_raster(path: Path, label: bool = False) -> Raw:
         with Image.open(path) as opened:
             if getattr(opened, "n_frames", 1) > 1:
                 raise DataFileError(path, "multi-page images are not supported (use NIfTI for volumes)")
-            if not label and opened.mode in ("RGBA", "P", "LA", "CMYK", "YCbCr", "HSV"):
-                opened = opened.convert("RGB")
+            if not label and opened.mode in COLOUR_MODES + GREY_ALPHA_MODES:
+                opened = opened.convert("L" if opened.mode in GREY_ALPHA_MODES else "RGB")
             array = np.asarray(opened)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise DataFileError(path, f"unreadable or corrupt image file ({error})") from error
     if label:
         if array.ndim != 2:
-            raise DataFileError(path, f"a label must be a single-channel image of class indices, got shape {array.shape}")
+            raise DataFileError(
+                path, f"a label must be a single-channel image of class indices, got shape {array.shape}"
+            )
         return Raw(array, (1.0, 1.0), None)
     if array.dtype.kind in "ui":
         scale = {1: 255.0, 2: 65535.0}.get(array.dtype.itemsize, 1.0)
@@ -232,21 +241,23 @@ def read_file(path: Path, label: bool = False) -> Raw:
     raise DataFileError(path, f"unsupported file type (supported: {', '.join(NIFTI_ENDINGS + RASTER_ENDINGS)})")
 
 
-def read_channels(paths: list[Path]) -> tuple[np.ndarray, tuple[float, ...], np.ndarray | None]:
-    """Stack one file per channel (or one RGB file) into (C, *spatial); every file must share shape and geometry."""
+def read_channels(paths: list[Path]) -> Raw:
+    """Stack one file per channel (or one RGB file) into (C, *spatial); all must share shape and geometry."""
     first = read_file(paths[0])
     arrays = [first.array]
     for path in paths[1:]:
         raw = read_file(path)
         if raw.array.shape[1:] != first.array.shape[1:]:
-            raise DataFileError(path, f"shape {raw.array.shape[1:]} differs from {paths[0].name}'s {first.array.shape[1:]}")
+            raise DataFileError(
+                path, f"shape {raw.array.shape[1:]} differs from {paths[0].name}'s {first.array.shape[1:]}"
+            )
         if not same_geometry(first, raw):
             raise DataFileError(path, f"spacing/affine differ from {paths[0].name}'s")
         arrays.append(raw.array)
     image = np.concatenate(arrays) if len(arrays) > 1 else first.array
     if not np.isfinite(image).all():
         raise DataFileError(paths[0], "image contains NaN or infinite values")
-    return image, first.spacing, first.affine
+    return Raw(image, first.spacing, first.affine)
 
 
 def same_geometry(a: Raw, b: Raw) -> bool:
@@ -258,11 +269,11 @@ def same_geometry(a: Raw, b: Raw) -> bool:
 
 
 def load_image(paths: Path | list[Path], case_id: str | None = None) -> Case:
-    """An unlabeled Case from standalone files (one per channel, or one RGB file), e.g. for `medsemi predict`."""
+    """An unlabeled Case from standalone files (one per channel, or one RGB file): `medsemi predict`."""
     paths = [Path(path) for path in ([paths] if isinstance(paths, str | Path) else paths)]
-    image, spacing, affine = read_channels(paths)
+    raw = read_channels(paths)
     case_id = case_id or strip_ending(paths[0].name)
-    return Case(case_id, case_id, image, None, spacing, affine, source=paths[0])
+    return Case(case_id, case_id, raw.array, None, raw.spacing, raw.affine, source=paths[0])
 
 
 def strip_ending(name: str) -> str:
@@ -273,8 +284,8 @@ def strip_ending(name: str) -> str:
 
 
 def write_prediction(case: Case, labels: np.ndarray, path: Path | str) -> Path:
-    """Write a label map in the case's own grid: NIfTI with the input's affine (and qform/sform codes when the
-    case came from a NIfTI file) or PNG/TIFF; the extension of `path` picks the format."""
+    """Write a label map in the case's own grid: NIfTI with the case's affine (and the source file's
+    qform/sform codes and units) or PNG/TIFF; the extension of `path` picks the format."""
     path = Path(path)
     labels = np.asarray(labels)
     if labels.shape != case.spatial_shape:
@@ -294,10 +305,10 @@ def write_prediction(case: Case, labels: np.ndarray, path: Path | str) -> Path:
         data = data[:, :, None]
     affine = case.affine if case.affine is not None else np.diag([*case.spacing, *[1.0] * (4 - len(case.spacing))])
     image = nib.Nifti1Image(data, affine)
-    if source is not None:
-        header = source.header
-        image.set_qform(header.get_qform(), code=int(header["qform_code"]))
-        image.set_sform(header.get_sform(), code=int(header["sform_code"]))
-        image.header.set_xyzt_units(*header.get_xyzt_units())
+    codes = (0, 0) if source is None else (int(source.header["qform_code"]), int(source.header["sform_code"]))
+    if any(codes):
+        image.set_qform(affine, code=codes[0])
+        image.set_sform(affine, code=codes[1])
+        image.header.set_xyzt_units(*source.header.get_xyzt_units())
     nib.save(image, path)
     return path

@@ -3,9 +3,9 @@
     ROOT/train.list, test.list                             one case id per line (80 / 20)
     ROOT/2018LA_Seg_Training Set/<id>/mri_norm2.h5         image float32 (X, Y, Z), label {0, 1} (X, Y, Z)
 
-The release stores no spacing; the challenge data are 0.625 mm isotropic, which is what `spacing` says. There is no
-validation split: `val` is empty unless `val_from_train=k` moves the LAST k ids of train.list into it (budgets take
-the first N ids, so the two never meet).
+The release stores no spacing; the challenge data are 0.625 mm isotropic, which is what `spacing` says.
+There is no validation split: `val` is empty unless `val_from_train=k` moves the LAST k ids of train.list
+into it (budgets take the first N ids, so the two never meet).
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def box_mask(
 
 
 def paste(base: Tensor, patch: Tensor, mask: Tensor) -> Tensor:
-    """`base` where mask is 1, `patch` where it is 0; a (B, *spatial) mask also serves (B, C, *spatial) tensors.
+    """`base` where mask is 1, `patch` where it is 0; a (B, *spatial) mask also serves (B, C, *spatial) ones.
 
     Selection (not blending) keeps integer class maps integer and copies every pixel exactly.
     """
@@ -66,7 +66,7 @@ def paste(base: Tensor, patch: Tensor, mask: Tensor) -> Tensor:
 
 @dataclass
 class Source:
-    """One side of a mix: images (B, C, *spatial), optional class map (B, *spatial) and per-pixel confidence."""
+    """One side of a mix: images (B, C, *spatial), optional class map (B, *spatial), per-pixel confidence."""
 
     image: Tensor
     target: Tensor | None = None

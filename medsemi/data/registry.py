@@ -17,7 +17,7 @@ READER_MODULES = ("acdc", "la", "nnunet", "synthetic")
 
 
 def register_dataset(name: str) -> Callable:
-    """Register `factory(root: Path | None, **options) -> Dataset` (options come from the config's data.options)."""
+    """Register `factory(root: Path | None, **options) -> Dataset`; options come from data.options."""
     return DATASETS.register(name)
 
 

@@ -17,7 +17,9 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, decay: float, step: int, *, buffers: bool = False) -> None:
+def ema_update(
+    teacher: nn.Module, student: nn.Module, decay: float, step: int, *, buffers: bool = False
+) -> None:
     """SSL4MIS update with warm-up: alpha = min(1 - 1/(step + 1), decay).
 
     Parameters are averaged; buffers (BatchNorm statistics) are averaged too when `buffers` is set,

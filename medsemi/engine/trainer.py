@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,9 +108,13 @@ class Trainer:
             dataset, config.data.labeled, Path(config.data.split_file) if config.data.split_file else None
         )
         context = MethodContext(
-            info=self.info, net=NetSpec(config.net.name, dict(config.net.options)), iterations=config.train.iterations
+            info=self.info,
+            net=NetSpec(config.net.name, dict(config.net.options)),
+            iterations=config.train.iterations,
         )
-        self.method: Method = create_method(config.method_name, config.method_options, context).to(self.device)
+        self.method: Method = create_method(config.method_name, config.method_options, context).to(
+            self.device
+        )
         if self.method.uses_unlabeled:
             require_unlabeled(self.split, config.method_name)
         if config.train.channels_last and self.info.spatial_dims == 2:
@@ -176,7 +179,7 @@ class Trainer:
 
     def _write_log(self) -> None:
         rows = self.state.history
-        columns = sorted({key for row in rows for key in row}, key=lambda k: (k not in LOG_FIRST, k))
+        columns = sorted({key for row in rows for key in row}, key=_column_order)
         lines = [",".join(columns)]
         lines += [",".join(_format(row.get(c, "")) for c in columns) for row in rows]
         atomic_write_text(self.run_dir / "log.csv", "\n".join(lines) + "\n")
@@ -186,7 +189,13 @@ class Trainer:
         was_training = predictor.training
         predictor.eval()
         rows = evaluate_cases(
-            predictor, self.val_cases, self.info, self.config, self.device, dice_only=True, show_progress=False
+            predictor,
+            self.val_cases,
+            self.info,
+            self.config,
+            self.device,
+            dice_only=True,
+            show_progress=False,
         )
         predictor.train(was_training)
         return mean_dice(rows)
@@ -298,6 +307,10 @@ class Trainer:
 LOG_FIRST = ("stage", "step", "global_step", "lr", "loss", "val_dice")
 
 
+def _column_order(column: str) -> tuple[int, str]:
+    return (LOG_FIRST.index(column) if column in LOG_FIRST else len(LOG_FIRST), column)
+
+
 def _format(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
@@ -313,7 +326,9 @@ def _channels_last(batch: Any) -> Any:
 def _progress(stage: Stage, initial: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=stage.iterations, initial=initial, desc=stage.name, disable=not enabled, dynamic_ncols=True)
+    return tqdm(
+        total=stage.iterations, initial=initial, desc=stage.name, disable=not enabled, dynamic_ncols=True
+    )
 
 
 def _tensorboard(run_dir: Path) -> Any:

@@ -65,7 +65,7 @@ def predict_slices(
     BCP `test_ACDC`): order-0 zoom in, order-0 zoom back. They zoom the argmax back; zooming the probabilities
     back with the same nearest-pixel map is identical after argmax, so probabilities are returned either way.
     """
-    channels, depth, height, width = volume.shape
+    _, depth, height, width = volume.shape
     slices = volume.to(_device(net, volume.device), torch.float32).movedim(1, 0)
     chunks = []
     for start in range(0, depth, batch_size):

@@ -156,6 +156,9 @@ def case_metrics(
     pred_labels, gt_labels = np.asarray(pred_labels), np.asarray(gt_labels)
     if pred_labels.shape != gt_labels.shape:
         raise ValueError(f"prediction shape {pred_labels.shape} != label shape {gt_labels.shape}")
+    for name, labels in (("prediction", pred_labels), ("label", gt_labels)):
+        if labels.size and not 0 <= labels.min() <= labels.max() < num_classes:
+            raise ValueError(f"{name} values {labels.min()}..{labels.max()} are outside 0..{num_classes - 1}")
     confusion = np.bincount(
         pred_labels.astype(np.int64).ravel() * num_classes + gt_labels.astype(np.int64).ravel(),
         minlength=num_classes * num_classes,

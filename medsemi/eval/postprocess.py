@@ -78,10 +78,12 @@ def _min_pool(x: Tensor, axes: range, full: bool, fill: int) -> Tensor:
 def _propagated_lcc(labels: Tensor, num_classes: int, connectivity: int | None) -> Tensor:
     """LCC by label propagation, all samples and classes at once on the labels' device.
 
-    Components come from label propagation: every foreground voxel starts with its raster index, takes the
-    minimum over its neighbourhood within its class, then jumps to the label of the voxel its label names
-    (pointer jumping, so long thin structures converge in few rounds), until nothing changes. The smallest
-    raster index names each component, so ties resolve as in the scipy version.
+    Every foreground voxel starts labelled with its raster index; each round it takes the smallest label in
+    its neighbourhood (within its class), hands that label to the voxel its current label names (hooking,
+    as in union-find) and then adopts the label of that voxel (pointer jumping), until nothing changes.
+    Hooking and jumping make long, winding structures converge in a few dozen rounds instead of one round
+    per voxel of their length. The smallest raster index names each component, so ties resolve as in the
+    scipy version.
     """
     spatial = labels.shape[1:]
     dims = len(spatial)
@@ -90,22 +92,23 @@ def _propagated_lcc(labels: Tensor, num_classes: int, connectivity: int | None) 
     size = math.prod(spatial)
     classes = torch.arange(1, num_classes, device=labels.device).view(1, -1, *([1] * dims))
     masks = labels.unsqueeze(1) == classes
-    ids = torch.where(masks, torch.arange(size, device=labels.device).view(1, 1, *spatial), size)
+    ids = torch.where(masks, torch.arange(size, device=labels.device).view(1, 1, *spatial), size).flatten(2)
     channels = ids.shape[:2]
     background = torch.full((*channels, 1), size, device=labels.device)
     while True:
-        pooled = torch.where(masks, _min_pool(ids, range(2, 2 + dims), connectivity != 1, size), size)
-        flat = pooled.flatten(2)
-        updated = torch.gather(torch.cat([flat, background], 2), 2, flat).view_as(ids)
+        neighbours = _min_pool(ids.view_as(masks), range(2, 2 + dims), connectivity != 1, size)
+        neighbours = torch.where(masks, neighbours, size).flatten(2)
+        roots = torch.cat([torch.minimum(ids, neighbours), background], 2)
+        roots.scatter_reduce_(2, ids, neighbours, reduce="amin")
+        updated = torch.gather(roots, 2, roots[..., :size])
         if torch.equal(updated, ids):
             break
         ids = updated
-    flat = ids.flatten(2)
     bins = size + 1
     offsets = torch.arange(math.prod(channels), device=labels.device).view(*channels, 1) * bins
-    sizes = torch.bincount((flat + offsets).flatten(), minlength=math.prod(channels) * bins)
+    sizes = torch.bincount((ids + offsets).flatten(), minlength=math.prod(channels) * bins)
     winner = sizes.view(*channels, bins)[..., :size].argmax(2, keepdim=True)
-    keep = (flat == winner).view_as(masks) & masks
+    keep = (ids == winner).view_as(masks) & masks
     return (keep * classes).sum(1).to(labels.dtype)
 
 

@@ -52,7 +52,10 @@ class MethodContext:
         """A fresh network (new random init) from the configured spec; overrides win."""
         merged = {**self.net.options, **options} if name is None else options
         return create_net(
-            name or self.net.name, in_channels=self.info.in_channels, num_classes=self.info.num_classes, **merged
+            name or self.net.name,
+            in_channels=self.info.in_channels,
+            num_classes=self.info.num_classes,
+            **merged,
         )
 
 

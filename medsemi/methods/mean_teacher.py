@@ -42,7 +42,9 @@ class MeanTeacher(Method):
         o = self.options
         n_labeled = batch.image_l.shape[0]
         logits = self.student(torch.cat([batch.image_l, batch.image_u]))
-        noise = torch.clamp(torch.randn_like(batch.image_u) * o.teacher_noise_std, -o.teacher_noise_clip, o.teacher_noise_clip)
+        noise = torch.clamp(
+            torch.randn_like(batch.image_u) * o.teacher_noise_std, -o.teacher_noise_clip, o.teacher_noise_clip
+        )
         with torch.no_grad():
             teacher_probs = self.teacher(batch.image_u + noise).softmax(1)
         consistency = torch.mean((logits[n_labeled:].softmax(1) - teacher_probs) ** 2)

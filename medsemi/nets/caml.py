@@ -1,4 +1,4 @@
-"""The CAML network (Gao et al., MICCAI 2023): two V-Nets on one input, one of them with cross-sample attention.
+"""The CAML network (Gao et al., MICCAI 2023): two V-Nets on one input, one with cross-sample attention.
 
 Built from the UA-MT V-Net of `medsemi.nets.vnet` (`CAML3d_v1` of the official code); `spatial_dims=2` gives
 the same network with every 3D layer swapped for its 2D counterpart (the official code is 3D only).
@@ -72,7 +72,9 @@ class Interpolate(nn.Module):
     """x2 (tri/bi)linear up-sampling with aligned corners, picked by the input's dimensionality."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.interpolate(x, scale_factor=2, mode="trilinear" if x.dim() == 5 else "bilinear", align_corners=True)
+        return F.interpolate(
+            x, scale_factor=2, mode="trilinear" if x.dim() == 5 else "bilinear", align_corners=True
+        )
 
 
 def interpolation_up(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -117,13 +119,18 @@ class CAMLNet(nn.Module):
         if spatial_dims not in (2, 3):
             raise ValueError(f"caml: spatial_dims must be 2 or 3, got {spatial_dims}")
         f = n_filters
+        self.feat_dim = feat_dim
         self.vanilla = VNet3D(in_channels, num_classes, n_filters, dropout)
         self.auxiliary = VNet3D(in_channels, num_classes, n_filters, dropout)
         cma = CrossSampleMutualAttention(8 * f, attention_heads, attention_dropout)
         self.auxiliary.encoder.stages[3] = nn.Sequential(self.auxiliary.encoder.stages[3], cma)
-        self.auxiliary.decoder.ups = nn.ModuleList(interpolation_up(c, c // 2) for c in (16 * f, 8 * f, 4 * f, 2 * f))
+        self.auxiliary.decoder.ups = nn.ModuleList(
+            interpolation_up(c, c // 2) for c in (16 * f, 8 * f, 4 * f, 2 * f)
+        )
         self.projection_heads = nn.ModuleList([embedding_head(f, feat_dim), embedding_head(f, feat_dim)])
-        self.prediction_heads = nn.ModuleList([embedding_head(feat_dim, feat_dim), embedding_head(feat_dim, feat_dim)])
+        self.prediction_heads = nn.ModuleList(
+            [embedding_head(feat_dim, feat_dim), embedding_head(feat_dim, feat_dim)]
+        )
         if spatial_dims == 2:
             as_2d(self)
 

@@ -108,9 +108,13 @@ class DualStreamNet(nn.Module):
             raise ValueError(f"dual_stream: patch_size must be a power of two, got {patch_size}")
         levels = tuple(coupling_levels)
         if not levels or list(levels) != sorted(set(levels)) or levels[-1] >= len(widths):
-            raise ValueError(f"dual_stream: coupling_levels {levels} must be increasing U-Net levels < {len(widths)}")
+            raise ValueError(
+                f"dual_stream: coupling_levels {levels} must be increasing U-Net levels < {len(widths)}"
+            )
         if any(2**level > patch_size for level in levels):
-            raise ValueError(f"dual_stream: coupling level strides {[2**lv for lv in levels]} exceed patch {patch_size}")
+            raise ValueError(
+                f"dual_stream: coupling level strides {[2**lv for lv in levels]} exceed patch {patch_size}"
+            )
         if depth < len(levels):
             raise ValueError(f"dual_stream: depth {depth} < {len(levels)} coupling stages")
         self.head = head
@@ -161,7 +165,8 @@ class DualStreamNet(nn.Module):
         h = self.encoder.blocks[0](x)
         tokens, grid = self._embed(h)
         for level, block in enumerate(self.encoder.blocks):
-            h = h if level == 0 else block(h)
+            if level > 0:
+                h = block(h)
             if level in self.coupling_levels:
                 stage = self.coupling_levels.index(level)
                 if self.coupling:

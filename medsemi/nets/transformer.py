@@ -55,7 +55,10 @@ def load_pretrained(net: nn.Module, path: str | Path, *, strict: bool = True) ->
         raise ValueError(f"{path}: no key of the file fits the network ({problems})")
     if strict and (missing or unexpected or reshaped):
         counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(reshaped)} with other shapes"
-        raise ValueError(f"{path}: keys do not match the network ({counts}; {problems}); pretrained_strict=false loads the overlap")
+        raise ValueError(
+            f"{path}: keys do not match the network ({counts}; {problems}); "
+            "pretrained_strict=false loads the overlap"
+        )
     if missing or unexpected or reshaped:
         warnings.warn(f"{path}: loaded {len(matching)} tensors, skipped ({problems})", stacklevel=2)
     net.load_state_dict(matching, strict=False)
@@ -88,7 +91,7 @@ def swin_unetr(
     num_heads: tuple[int, ...] = (3, 6, 12, 24),
     window_size: int = 7,
     drop_path: float = 0.2,
-    norm: str = "instance",
+    norm: str = "batch",
     pretrained: str | None = None,
     pretrained_strict: bool = True,
 ) -> SwinSegmenter:

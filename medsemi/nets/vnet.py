@@ -45,7 +45,9 @@ class VNetEncoder(nn.Module):
                 conv_stage(3, 16 * f, 16 * f),
             ]
         )
-        self.downs = nn.ModuleList([down(f, 2 * f), down(2 * f, 4 * f), down(4 * f, 8 * f), down(8 * f, 16 * f)])
+        self.downs = nn.ModuleList(
+            [down(f, 2 * f), down(2 * f, 4 * f), down(4 * f, 8 * f), down(8 * f, 16 * f)]
+        )
         self.dropout = nn.Dropout3d(dropout)
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -63,7 +65,12 @@ class VNetDecoder(nn.Module):
         f = n_filters
         self.ups = nn.ModuleList([up(16 * f, 8 * f), up(8 * f, 4 * f), up(4 * f, 2 * f), up(2 * f, f)])
         self.stages = nn.ModuleList(
-            [conv_stage(3, 8 * f, 8 * f), conv_stage(3, 4 * f, 4 * f), conv_stage(2, 2 * f, 2 * f), conv_stage(1, f, f)]
+            [
+                conv_stage(3, 8 * f, 8 * f),
+                conv_stage(3, 4 * f, 4 * f),
+                conv_stage(2, 2 * f, 2 * f),
+                conv_stage(1, f, f),
+            ]
         )
         self.dropout = nn.Dropout3d(dropout)
         self.head = nn.Conv3d(f, num_classes, 1)

@@ -33,7 +33,9 @@ def _config(run_dir: Path, *extra: str):
 
 
 def test_run_folder_holds_config_log_checkpoints_and_evaluation(tmp_path: Path) -> None:
-    run_dir = train(_config(tmp_path / "run", "train.iterations=6", "train.val_every=3", "train.checkpoint_every=3"))
+    run_dir = train(
+        _config(tmp_path / "run", "train.iterations=6", "train.val_every=3", "train.checkpoint_every=3")
+    )
     assert (run_dir / "config.yaml").exists()
     log = (run_dir / "log.csv").read_text().splitlines()
     assert log[0].startswith("stage,step,global_step,lr,loss,val_dice")
@@ -109,7 +111,9 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path, mo
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
-    trainer = Trainer(_config(tmp_path / "run", "train.iterations=8", "train.checkpoint_every=2", "train.val_split=none"))
+    trainer = Trainer(
+        _config(tmp_path / "run", "train.iterations=8", "train.checkpoint_every=2", "train.val_split=none")
+    )
     original = trainer.method.training_step
 
     def poisoned(batch, step):

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medsemi.config import load_config
 from medsemi.data.cases import DatasetInfo
+from medsemi.engine.trainer import train
+from medsemi.eval.evaluate import evaluate_run
 from medsemi.losses import one_hot
 from medsemi.methods import Batch, MethodContext, create_method
 from medsemi.methods.base import NetSpec
 from medsemi.methods.prototypes import class_prototypes, prototype_predictions, vote_agreement
 from medsemi.methods.scp import SCP, unscaled_dice_loss
 
+REPO = Path(__file__).resolve().parents[2]
 SMALL_NETS = {2: NetSpec("unet", {"widths": (4, 8, 16, 32, 64)}), 3: NetSpec("vnet", {"n_filters": 4})}
 
 
@@ -197,3 +203,37 @@ def test_consistency_ramp_in_epochs_of_150_iterations() -> None:
 def test_unknown_option_values_are_errors(bad: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="scp"):
         _scp(2, **bad)
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, tmp_path: Path) -> None:
+    """10 iterations of configs/acdc/scp.yaml (small widths, 64x64), consistency at full weight; 1 test volume."""
+    overrides = [
+        f"data.root={acdc_root}",
+        "data.patch_size=[64,64]",
+        "data.batch_labeled=2",
+        "data.batch_unlabeled=2",
+        "net.options.widths=[8,8,16,32,64]",
+        "method.rampup_epochs=0",
+        "train.iterations=10",
+        "train.val_every=10",
+        "train.val_limit=1",
+        "train.progress=false",
+        f"run.dir={tmp_path / 'run'}",
+    ]
+    run_dir = train(load_config(REPO / "configs/acdc/scp.yaml", overrides))
+    with open(run_dir / "log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 10
+    for row in rows:
+        assert float(row["consistency_weight"]) == pytest.approx(0.1)
+        assert 0.0 <= float(row["prototype_agreement"]) <= 1.0
+        assert all(
+            math.isfinite(float(row[f"loss/{k}"]))
+            for k in ("supervised", "self_consistency", "cross_consistency")
+        )
+        assert float(row["loss/cross_consistency"]) > 0
+    summary = evaluate_run(run_dir, split="test", limit=1)
+    assert 0.0 <= summary["mean"]["dice"] <= 1.0
+    assert summary["num_cases"] == 1

@@ -1,0 +1,139 @@
+"""FixMatch (Sohn et al., NeurIPS 2020) made dense: confidence-masked per-pixel pseudo-labels, weak -> strong.
+
+The pseudo-label helpers here are shared by the other weak/strong methods (semivit, semiformer).
+The SSL4MIS FixMatch scripts are not the reference (ssl4mis.md §2.1): their "threshold" zeroes the
+unconfident probabilities before the argmax, so unconfident pixels are trained towards a class instead of
+being ignored. Here an unconfident pixel contributes nothing, and the masked loss is divided by the number
+of all pixels (vit_ssl.md §3.1), so images with few confident pixels weigh less.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from medsemi.losses import ce_dice_loss, masked_cross_entropy, soft_dice_loss
+from medsemi.methods.base import Batch, Method, MethodContext, MethodOptions, register_method
+
+PSEUDO_LOSSES = ("ce", "ce_dice")
+GEOMETRIES = ("none", "dihedral")
+
+
+@contextmanager
+def eval_mode(module: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Run `module` in eval mode (BN running statistics, no dropout) and restore its mode afterwards."""
+    was_training = module.training
+    if enabled:
+        module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def confident_labels(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-pixel (argmax class, max softmax probability) of detached logits."""
+    confidence, labels = logits.detach().float().softmax(1).max(1)
+    return labels, confidence
+
+
+def strong_view(batch: Batch) -> Tensor:
+    if batch.image_u_strong is None:
+        raise ValueError(
+            "this method needs batch.image_u_strong (the stream's strong view) but it is missing"
+        )
+    return batch.image_u_strong
+
+
+def pseudo_label_loss(logits: Tensor, labels: Tensor, mask: Tensor, kind: str = "ce") -> Tensor:
+    """Masked loss to hard pseudo-labels, normalised by all pixels.
+
+    "ce": FixMatch's masked CE. "ce_dice": 0.5 * (masked CE + Dice over the confident pixels), the
+    UniMatch ACDC loss (masked pixels are removed from both prediction and target of the Dice).
+    """
+    ce = masked_cross_entropy(logits, labels, mask)
+    if kind == "ce":
+        return ce
+    if kind == "ce_dice":
+        return 0.5 * (ce + soft_dice_loss(logits.softmax(1), labels, mask))
+    raise ValueError(f"unknown pseudo-label loss {kind!r}; known: {PSEUDO_LOSSES}")
+
+
+def random_dihedral(batch_size: int, square: bool) -> tuple[Tensor, Tensor]:
+    """Per-sample rot90 count (0..3; only 0 or 2 when the last two axes differ) and flip flag."""
+    k = torch.randint(0, 4, (batch_size,))
+    return (k if square else k - k % 2), torch.rand(batch_size) < 0.5
+
+
+def apply_dihedral(x: Tensor, k: Tensor, flip: Tensor) -> Tensor:
+    """Rotate sample i by k_i quarter turns in the last two axes, then flip its last axis where flip_i.
+
+    Works for images (B, C, ...), label maps and confidence maps (B, ...) alike, so a strong view and its
+    pseudo-label map get exactly the same transform (exact: no interpolation).
+    """
+    rotated = torch.stack(
+        [torch.rot90(sample, int(turns), dims=(-2, -1)) for sample, turns in zip(x, k, strict=True)]
+    )
+    return torch.where(flip.to(x.device).view(-1, *[1] * (x.dim() - 1)), rotated.flip(-1), rotated)
+
+
+@dataclass
+class FixMatchOptions(MethodOptions):
+    threshold: float = 0.95
+    unsup_weight: float = 1.0
+    unsup_loss: str = "ce"
+    strong_geometry: str = "none"
+
+
+@register_method("fixmatch")
+class FixMatch(Method):
+    """One student: its weak-view argmax (where max-prob >= threshold) supervises its strong view.
+
+    Labeled, weak and strong images go through one forward, as in FixMatch (shared BN statistics).
+    `strong_geometry: dihedral` adds a random rot90/flip to the strong view and applies the same one to
+    the pseudo-label map and mask.
+    """
+
+    Options = FixMatchOptions
+    needs_strong_view = True
+
+    def __init__(self, options: FixMatchOptions, context: MethodContext) -> None:
+        super().__init__(options, context)
+        if options.unsup_loss not in PSEUDO_LOSSES:
+            raise ValueError(
+                f"fixmatch: unsup_loss must be one of {PSEUDO_LOSSES}, got {options.unsup_loss!r}"
+            )
+        if options.strong_geometry not in GEOMETRIES:
+            raise ValueError(
+                f"fixmatch: strong_geometry must be one of {GEOMETRIES}, got {options.strong_geometry!r}"
+            )
+        self.student = context.build_net()
+
+    def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
+        o = self.options
+        n_l, n_u = batch.image_l.shape[0], batch.image_u.shape[0]
+        strong = strong_view(batch)
+        if o.strong_geometry == "dihedral":
+            k, flip = random_dihedral(n_u, strong.shape[-1] == strong.shape[-2])
+            strong = apply_dihedral(strong, k, flip)
+        logits = self.student(torch.cat([batch.image_l, batch.image_u, strong]))
+        labels, confidence = confident_labels(logits[n_l : n_l + n_u])
+        if o.strong_geometry == "dihedral":
+            labels, confidence = apply_dihedral(labels, k, flip), apply_dihedral(confidence, k, flip)
+        mask = (confidence >= o.threshold).float()
+        self.log("mask_ratio", mask.mean())
+        return {
+            "supervised": ce_dice_loss(logits[:n_l], batch.label_l),
+            "unsupervised": o.unsup_weight
+            * pseudo_label_loss(logits[n_l + n_u :], labels, mask, o.unsup_loss),
+        }
+
+    def predictor(self) -> nn.Module:
+        return self.student
+
+    def optimised_modules(self) -> dict[str, nn.Module]:
+        return {"student": self.student}

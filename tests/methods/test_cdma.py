@@ -1,0 +1,252 @@
+"""CDMA: KD temperature scaling, detached CDKD targets, entropy of the mean, warm-up, inference, configs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medsemi.config import load_config
+from medsemi.data.cases import DatasetInfo
+from medsemi.losses import ce_dice_loss, distillation_kl
+from medsemi.methods import Batch, MethodContext, create_method
+from medsemi.methods.base import NetSpec
+from medsemi.methods.cdma import CDMA, cross_decoder_distillation, mean_prediction_entropy
+from medsemi.nets.mtnet import BRANCHES, BranchView, UNetMTNet
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = NetSpec("unet", {"widths": (4, 8, 16, 32, 64)})
+
+
+def _cdma(num_classes: int = 3, iterations: int = 100, net: NetSpec = SMALL, **options: object) -> CDMA:
+    info = DatasetInfo("test", [f"c{i}" for i in range(num_classes)], spatial_dims=2, in_channels=1)
+    method = create_method("cdma", options, MethodContext(info=info, net=net, iterations=iterations))
+    assert isinstance(method, CDMA)
+    return method
+
+
+def _batch(num_classes: int = 3, n: int = 2, size: int = 16) -> Batch:
+    return Batch(
+        image_l=torch.randn(n, 1, size, size),
+        label_l=torch.randint(0, num_classes, (n, size, size)),
+        image_u=torch.randn(n, 1, size, size),
+    )
+
+
+def test_distillation_kl_matches_hand_computation_and_temperature_scaling() -> None:
+    a = 2.0
+    student = torch.zeros(1, 2, 1, 1, dtype=torch.float64)
+    teacher_logits = torch.tensor([a, 0.0], dtype=torch.float64).view(1, 2, 1, 1)
+    for temperature in (1.0, 4.0):
+        p = torch.sigmoid(torch.tensor(a / temperature)).item()
+        expected = temperature**2 * (p * math.log(2 * p) + (1 - p) * math.log(2 * (1 - p)))
+        got = distillation_kl(student, (teacher_logits / temperature).softmax(1), temperature)
+        assert got.item() == pytest.approx(expected, rel=1e-5)
+    # T^2 keeps the magnitude as T grows: T^2 KL -> a^2 / 8 for two classes and a uniform student.
+    large = distillation_kl(student, (teacher_logits / 100).softmax(1), 100.0)
+    assert large.item() == pytest.approx(a**2 / 8, rel=1e-3)
+    assert distillation_kl(student, (teacher_logits / 100).softmax(1), 1.0).item() < 1e-3
+    same = torch.randn(2, 3, 4, 4)
+    assert distillation_kl(same, (same / 10).softmax(1), 10.0).abs().item() < 1e-6
+
+
+def test_distillation_kl_averages_over_pixels_not_batch() -> None:
+    student, teacher = torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3)
+    one = distillation_kl(student, teacher.softmax(1), 1.0)
+    tiled = distillation_kl(student.repeat(2, 1, 2, 2), teacher.repeat(2, 1, 2, 2).softmax(1), 1.0)
+    assert tiled.item() == pytest.approx(one.item(), rel=1e-5)
+
+
+def test_cdkd_gradient_reaches_only_the_student_of_each_term() -> None:
+    temperature, pixels = 10.0, 2 * 5 * 5
+    logits = [torch.randn(2, 3, 5, 5, requires_grad=True) for _ in range(3)]
+    cross_decoder_distillation(logits, temperature).backward()
+    soft = [(z.detach() / temperature).softmax(1) for z in logits]
+    for k, z in enumerate(logits):
+        others = [soft[j] for j in range(3) if j != k]
+        # d/dz_k of (1/3) sum_j T^2 KL(p_j || q_k) with constant p_j; gradient through a teacher adds terms.
+        expected = temperature * (2 * soft[k] - others[0] - others[1]) / (3 * pixels)
+        assert torch.allclose(z.grad, expected, atol=1e-7)
+        # The same as distilling from the mean of the other two, counted twice (the issue's reading).
+        student = z.detach().clone().requires_grad_(True)
+        (2 * distillation_kl(student, (others[0] + others[1]) / 2, temperature) / 3).backward()
+        assert torch.allclose(z.grad, student.grad, atol=1e-7)
+
+
+def test_cdkd_is_zero_when_branches_agree_and_positive_otherwise() -> None:
+    z = torch.randn(2, 4, 6, 6)
+    assert cross_decoder_distillation([z, z.clone(), z.clone()], 10.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert cross_decoder_distillation([z, torch.randn_like(z), torch.randn_like(z)], 10.0).item() > 0
+
+
+def test_entropy_of_the_mean_decreases_when_predictions_sharpen() -> None:
+    base = torch.randn(2, 4, 8, 8)
+    values = [
+        mean_prediction_entropy([base * s, base * s + 0.1, base * s - 0.1]).item() for s in (1, 2, 4, 8)
+    ]
+    assert all(a > b for a, b in zip(values, values[1:], strict=False))
+    assert mean_prediction_entropy([torch.zeros(1, 4, 2, 2)] * 3).item() == pytest.approx(1.0, abs=1e-5)
+    # Confident but contradicting branches keep the mean uncertain: the term also pulls branches together.
+    a, b = torch.tensor([9.0, 0.0]).view(1, 2, 1, 1), torch.tensor([0.0, 9.0]).view(1, 2, 1, 1)
+    assert mean_prediction_entropy([a, b, a]).item() > mean_prediction_entropy([a, a, a]).item() + 0.5
+
+
+def test_training_step_losses_and_hard_warm_up() -> None:
+    method = _cdma(iterations=100)
+    method.eval()  # deterministic forward (no dropout) so the terms can be recomputed by hand
+    batch = _batch()
+    early = method.training_step(batch, step=9)
+    late = method.training_step(batch, step=10)
+    assert set(early) == {"supervised", "cdkd", "entropy"}
+    assert early["cdkd"].item() == 0 and early["entropy"].item() == 0
+    assert method.diagnostics["cdkd"] > 0 and method.diagnostics["unsupervised_on"] == 1.0
+    with torch.no_grad():
+        outputs = method.net.branch_outputs(torch.cat([batch.image_l, batch.image_u]))
+    logits = [outputs[name][0] for name in BRANCHES]
+    supervised = sum(ce_dice_loss(z[:2], batch.label_l) for z in logits) / 3
+    assert late["supervised"].item() == pytest.approx(supervised.item(), rel=1e-5)
+    assert late["cdkd"].item() == pytest.approx(
+        0.1 * cross_decoder_distillation(logits, 10.0).item(), rel=1e-5
+    )
+    assert late["entropy"].item() == pytest.approx(0.1 * mean_prediction_entropy(logits).item(), rel=1e-5)
+
+
+def test_unsupervised_terms_train_every_branch_and_the_shared_encoder() -> None:
+    method = _cdma(iterations=10)
+    losses = method.training_step(_batch(), step=5)
+    (losses["cdkd"] + losses["entropy"]).backward()
+    for name in BRANCHES:
+        assert any(
+            p.grad is not None and p.grad.abs().sum() > 0 for p in method.net.decoders[name].parameters()
+        )
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.net.encoder.parameters())
+
+
+def test_inference_modes_and_ensemble_members() -> None:
+    x = torch.randn(1, 1, 16, 16)
+    method = _cdma().eval()
+    with torch.no_grad():
+        outputs = method.net.branch_outputs(x)
+        assert torch.equal(method.predictor()(x), outputs["csa"][0])
+        members = [m(x) for m in method.ensemble_members()]
+    assert [m.branches for m in method.ensemble_members()] == [(b,) for b in BRANCHES]
+    assert all(torch.equal(m, outputs[b][0]) for m, b in zip(members, BRANCHES, strict=True))
+    mean = _cdma(inference="mean").predictor()
+    assert isinstance(mean, BranchView) and mean.branches == BRANCHES
+    with pytest.raises(ValueError, match="inference"):
+        _cdma(inference="vote")
+
+
+def test_backbone_choice() -> None:
+    assert isinstance(_cdma().net, UNetMTNet)
+    assert isinstance(_cdma(net=NetSpec("mtnet", {"widths": (4, 8, 16, 32, 64)})).net, UNetMTNet)
+    with pytest.raises(ValueError, match="MTNet"):
+        _cdma(net=NetSpec("vnet", {"n_filters": 4}))
+
+
+@pytest.mark.parametrize("config", ["configs/acdc/cdma.yaml", "configs/pathology/cdma.yaml"])
+def test_configs_load_and_name_every_option(config: str) -> None:
+    cfg = load_config(REPO / config)
+    assert cfg.method_name == "cdma"
+    assert set(cfg.method_options) == set(CDMA.Options.__dataclass_fields__)
+    assert cfg.method_options == {k: getattr(CDMA.Options(), k) for k in cfg.method_options}
+    assert cfg.net.name in ("mtnet", "mtnet_resnet50")
+
+
+def _run_overrides(run_dir: Path) -> list[str]:
+    return [
+        "train.iterations=20",
+        "train.val_every=20",
+        "train.val_limit=1",
+        "train.progress=false",
+        f"run.dir={run_dir}",
+    ]
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, tmp_path: Path) -> None:
+    from medsemi.engine.trainer import train
+    from medsemi.eval.evaluate import evaluate_run
+
+    overrides = [
+        f"data.root={acdc_root}",
+        "data.options={splits: [train, test], limit: 100}",
+        "data.patch_size=[64, 64]",
+        "data.batch_labeled=4",
+        "data.batch_unlabeled=4",
+        "net.options.widths=[8, 16, 32, 64, 128]",
+        "train.val_split=test",
+    ]
+    run_dir = train(
+        load_config(REPO / "configs/acdc/cdma.yaml", overrides + _run_overrides(tmp_path / "run"))
+    )
+    header, *rows = (run_dir / "log.csv").read_text().splitlines()
+    columns = header.split(",")
+    on = [float(row.split(",")[columns.index("unsupervised_on")]) for row in rows]
+    assert on == [0.0, 0.0] + [1.0] * 18  # warm-up: 10 % of 20 iterations
+    assert all(float(row.split(",")[columns.index("loss/cdkd")]) > 0 for row in rows[2:])
+    summary = evaluate_run(run_dir, split="test", limit=2)
+    assert summary["num_cases"] == 2 and 0.0 <= summary["mean"]["dice"] <= 1.0
+
+
+def _write_rgb_folder(root: Path, generator: np.random.Generator) -> None:
+    """DigestPath-like: pink tissue with dark purple elliptic lesions, RGB PNG images, {0, 1} PNG masks."""
+    from PIL import Image
+
+    names = {"imagesTr": 5, "imagesTs": 2, "imagesUnlabeled": 2}
+    labels = {"imagesTr": "labelsTr", "imagesTs": "labelsTs"}
+    for folder, count in names.items():
+        (root / folder).mkdir(parents=True)
+        if folder in labels:
+            (root / labels[folder]).mkdir()
+        for i in range(count):
+            height, width = 96, 80
+            yy, xx = np.mgrid[:height, :width]
+            cy, cx = generator.uniform(25, 70), generator.uniform(20, 60)
+            ry, rx = generator.uniform(10, 22, size=2)
+            mask = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1).astype(np.uint8)
+            colour = np.where(mask[..., None], [120, 50, 140], [235, 185, 205]).astype(float)
+            image = np.clip(colour + generator.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(image, "RGB").save(root / folder / f"case{folder[6:]}{i:02d}_0000.png")
+            if folder in labels:
+                Image.fromarray(mask).save(root / labels[folder] / f"case{folder[6:]}{i:02d}.png")
+    meta = {"name": "rgb", "labels": {"background": 0, "lesion": 1}, "channel_names": {"0": "RGB"}}
+    (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".png"}))
+
+
+@pytest.mark.slow
+def test_rgb_png_folder_trains_predicts_by_sliding_window_and_evaluates(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from medsemi.engine.trainer import train
+    from medsemi.eval.evaluate import evaluate_run
+    from medsemi.eval.predict import predict_files
+
+    root = tmp_path / "data"
+    _write_rgb_folder(root, np.random.default_rng(0))
+    overrides = [
+        f"data.root={root}",
+        "data.labeled=2",
+        "data.patch_size=[48, 48]",
+        "data.batch_labeled=2",
+        "data.batch_unlabeled=2",
+        "data.options.val_from_train=1",
+        "net.options.widths=[4, 8, 16, 32, 64]",
+        "eval.patch_size=[48, 48]",
+        "eval.stride=[36, 36]",
+    ]
+    config = load_config(REPO / "configs/pathology/cdma.yaml", overrides + _run_overrides(tmp_path / "run"))
+    run_dir = train(config)
+    summary = evaluate_run(run_dir, split="test")
+    assert summary["num_cases"] == 2 and 0.0 <= summary["mean"]["dice"] <= 1.0
+    images = sorted((root / "imagesTs").iterdir())
+    written = predict_files(run_dir, images, tmp_path / "predictions")
+    for image, mask_path in zip(images, written, strict=True):
+        mask = np.asarray(Image.open(mask_path))
+        assert mask.shape == np.asarray(Image.open(image)).shape[:2]  # 96 x 80 from 48 x 48 windows
+        assert set(np.unique(mask)) <= {0, 1}
