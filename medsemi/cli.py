@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,11 @@ TRAIN_EPILOG = """\
 examples:
   medsemi train configs/acdc/mean_teacher.yaml data.labeled=7 run.dir=runs/mt7
   medsemi train configs/acdc/bcp.yaml --resume run.dir=runs/bcp3     # continue a killed run
+
+multi-GPU (one process per GPU; data.batch_* stay the global batch, split among the processes):
+  torchrun --standalone --nproc_per_node 4 -m medsemi.cli train configs/acdc/mean_teacher.yaml run.dir=runs/mt
+  on CPUs the same command uses gloo; on several nodes run torchrun --nnodes N --node_rank I
+  --rdzv_endpoint HOST:PORT ... on each. Only rank 0 writes the run folder (docs/how-to/multi-gpu.md).
 """
 
 
@@ -19,7 +25,8 @@ def _train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     run_dir = train(config, resume=args.resume, overwrite=args.overwrite)
-    print(f"run folder: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run folder: {run_dir}")
     return 0
 
 
@@ -35,11 +42,44 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from medsemi.eval.predict import predict_files
 
-    written = predict_files(
-        Path(args.run), [Path(p) for p in args.inputs], Path(args.output), checkpoint=args.checkpoint
+    results = predict_files(
+        Path(args.run),
+        [Path(p) for p in args.inputs],
+        Path(args.output),
+        checkpoint=args.checkpoint,
+        uncertainty=args.uncertainty,
+        overlay=args.overlay,
     )
-    for path in written:
-        print(path)
+    for result in results:
+        print(result.mask)
+        if result.uncertainty is not None:
+            print(result.uncertainty)
+        if result.overlays:
+            print(f"{result.overlays[0].parent}/ ({len(result.overlays)} overlay PNGs)")
+    return 0
+
+
+def _suggest(args: argparse.Namespace) -> int:
+    from medsemi.suggest import suggest, write_suggestions
+
+    picks = suggest(Path(args.run), args.budget, checkpoint=args.checkpoint, diversity=args.diversity)
+    path = write_suggestions(picks, Path(args.output))
+    for pick in picks:
+        print(f"{pick.rank:>3}  {pick.patient}  uncertainty {pick.uncertainty:.4f}  value {pick.value:.4f}")
+    if len(picks) < args.budget:
+        print(f"only {len(picks)} unlabeled patients in the pool (budget {args.budget})")
+    print(f"written: {path}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from medsemi.export import export_onnx
+
+    report = export_onnx(Path(args.run), Path(args.output), checkpoint=args.checkpoint, opset=args.opset)
+    print(
+        f"{report.path}: input {report.input_shape}, classes {report.classes}; onnxruntime vs PyTorch max "
+        f"|difference| {report.max_abs_difference:.2e} (tolerance {report.tolerance:g})"
+    )
     return 0
 
 
@@ -99,7 +139,36 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", help="image files (NIfTI or PNG)")
     predict.add_argument("-o", "--output", required=True, help="output folder")
     predict.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    predict.add_argument(
+        "--no-uncertainty",
+        dest="uncertainty",
+        action="store_false",
+        help="skip <name>_uncertainty (entropy of the mean softmax over flips and ensemble members)",
+    )
+    predict.add_argument(
+        "--overlay", action="store_true", help="also write <name>_overlay/ with a PNG per slice"
+    )
     predict.set_defaults(handler=_predict)
+
+    suggest = verbs.add_parser("suggest", help="rank the unlabeled patients of a run: what to annotate next")
+    suggest.add_argument("run", help="run folder")
+    suggest.add_argument("--budget", type=int, required=True, help="how many patients to pick")
+    suggest.add_argument("-o", "--output", required=True, help="CSV to write")
+    suggest.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    suggest.add_argument(
+        "--diversity",
+        type=float,
+        default=1.0,
+        help="0..1: how much similarity to earlier picks discounts a patient (0 = uncertainty only)",
+    )
+    suggest.set_defaults(handler=_suggest)
+
+    export = verbs.add_parser("export", help="export the predictor to ONNX, checked against PyTorch")
+    export.add_argument("run", help="run folder")
+    export.add_argument("-o", "--output", required=True, help="model file, e.g. model.onnx")
+    export.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    export.add_argument("--opset", type=int, default=17)
+    export.set_defaults(handler=_export)
 
     listing = verbs.add_parser("list", help="list methods, networks and datasets")
     listing.set_defaults(handler=_list)
@@ -114,7 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.verb != "train" or any(item.startswith("-") or "=" not in item for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.handler(args)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, FloatingPointError) as error:

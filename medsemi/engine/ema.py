@@ -18,14 +18,14 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def ema_update(
-    teacher: nn.Module, student: nn.Module, decay: float, step: int, *, buffers: bool = False
+    teacher: nn.Module, student: nn.Module, decay: float, step: int, *, buffers: bool = False, warmup: bool = True
 ) -> None:
-    """SSL4MIS update with warm-up: alpha = min(1 - 1/(step + 1), decay).
+    """SSL4MIS update with warm-up, alpha = min(1 - 1/(step + 1), decay); without `warmup`, alpha = decay (BCP).
 
     Parameters are averaged; buffers (BatchNorm statistics) are averaged too when `buffers` is set,
     otherwise the teacher keeps its own (the SSL4MIS behaviour).
     """
-    alpha = min(1.0 - 1.0 / (step + 1), decay)
+    alpha = min(1.0 - 1.0 / (step + 1), decay) if warmup else decay
     for t, s in zip(teacher.parameters(), student.parameters()):
         t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
     if buffers:

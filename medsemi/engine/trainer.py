@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from medsemi.data.cases import DataError
 from medsemi.data.registry import create_dataset
 from medsemi.data.splits import Split, make_split, require_unlabeled
 from medsemi.data.stream import BatchStream
+from medsemi.engine import distributed
 from medsemi.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from medsemi.eval.evaluate import evaluate_cases, mean_dice
 from medsemi.methods import Method, MethodContext, create_method
@@ -99,8 +102,10 @@ class Trainer:
     def __init__(self, config: Config, *, resume: bool = False, overwrite: bool = False) -> None:
         self.config = config
         self.run_dir = Path(config.run.dir)
-        prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
-        self.device = resolve_device(config.train.device)
+        self.dist, self.device = distributed.setup(resolve_device(config.train.device))
+        distributed.on_main(
+            self.dist, lambda: prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+        )
         seed_everything(config.seed)
         dataset = create_dataset(config.data.dataset, config.data.root, **config.data.options)
         self.info = dataset.info
@@ -117,6 +122,9 @@ class Trainer:
         )
         if self.method.uses_unlabeled:
             require_unlabeled(self.split, config.method_name)
+        if self.dist.enabled:
+            distributed.broadcast_state(self.method, self.dist)
+            seed_everything(distributed.rank_seed(config.seed, self.dist.rank))
         if config.train.channels_last and self.info.spatial_dims == 2:
             self.method.to(memory_format=torch.channels_last)
         self.stream = BatchStream(
@@ -124,20 +132,33 @@ class Trainer:
             self.split.unlabeled if self.method.uses_unlabeled else [],
             spatial_dims=self.info.spatial_dims,
             patch_size=tuple(config.data.patch_size),
-            batch_labeled=config.data.batch_labeled,
-            batch_unlabeled=config.data.batch_unlabeled if self.method.uses_unlabeled else 0,
+            batch_labeled=distributed.per_rank_batch(
+                config.data.batch_labeled, self.dist, "data.batch_labeled"
+            ),
+            batch_unlabeled=distributed.per_rank_batch(
+                config.data.batch_unlabeled if self.method.uses_unlabeled else 0,
+                self.dist,
+                "data.batch_unlabeled",
+            ),
             augment=config.data.augment,
             strong_view=self.method.needs_strong_view,
             seed=config.seed,
             device=self.device,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
         self.val_cases = self._val_cases()
         self.state = TrainState()
         self.checkpoint_dir = self.run_dir / "checkpoints"
         last = self.checkpoint_dir / "last.pt"
-        if resume and last.exists():
-            self._restore(load_checkpoint(last, self.device))
-        save_config(config, self.run_dir / "config.yaml")
+        checkpoint = distributed.on_main(
+            self.dist, lambda: load_checkpoint(last) if resume and last.exists() else None
+        )
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        if self.dist.is_main:
+            save_config(config, self.run_dir / "config.yaml")
+        self._plotted_at = 0.0
 
     def _val_cases(self) -> list:
         split = self.config.train.val_split
@@ -157,40 +178,61 @@ class Trainer:
         self.method.load_state_dict(checkpoint["method"])
         self.state = TrainState(**checkpoint["state"])
         self._pending_optimizers = checkpoint.get("optimizers")
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        np.random.set_state(checkpoint["rng"]["numpy"])
-        random.setstate(checkpoint["rng"]["python"])
+        states = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
+        if len(states) == self.dist.world_size:
+            rng = states[self.dist.rank]
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+        else:  # resumed on another number of processes: fresh, still distinct, seeds
+            seed_everything(distributed.rank_seed(self.config.seed + self.state.global_step, self.dist.rank))
 
     def _checkpoint(self, name: str, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        """Collective under torchrun (buffers and random states gathered); only rank 0 writes."""
+        distributed.broadcast_state(self.method, self.dist, parameters=False)
+        distributed.assert_in_sync(self.method, self.dist)
+        rng = distributed.gather(
+            {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            self.dist,
+        )
+        if not self.dist.is_main:
+            return
         save_checkpoint(
             self.checkpoint_dir / name,
             {
                 "method": self.method.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                 "state": self.state.__dict__,
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "numpy": np.random.get_state(),
-                    "python": random.getstate(),
-                },
+                "rng": rng[0],
+                "rng_ranks": rng if self.dist.enabled else None,
                 "config_method": self.config.method_name,
             },
         )
 
-    def _write_log(self) -> None:
+    def _write_log(self, *, final: bool = False) -> None:
+        """log.csv at every checkpoint; learning_curves.png too, at most every PLOT_EVERY_S and at the end."""
+        if not self.dist.is_main:
+            return
         rows = self.state.history
         columns = sorted({key for row in rows for key in row}, key=_column_order)
         lines = [",".join(columns)]
         lines += [",".join(_format(row.get(c, "")) for c in columns) for row in rows]
         atomic_write_text(self.run_dir / "log.csv", "\n".join(lines) + "\n")
+        if final or time.monotonic() - self._plotted_at > PLOT_EVERY_S:
+            from medsemi.eval.figures import plot_learning_curves
+
+            plot_learning_curves(rows, self.run_dir / "learning_curves.png")
+            self._plotted_at = time.monotonic()
 
     def validate(self) -> float:
+        """Mean validation Dice; under torchrun each rank scores its share of the cases, all get the mean."""
+        distributed.broadcast_state(self.method, self.dist, parameters=False)
         predictor = self.method.predictor()
         was_training = predictor.training
         predictor.eval()
         rows = evaluate_cases(
             predictor,
-            self.val_cases,
+            self.val_cases[self.dist.rank :: self.dist.world_size],
             self.info,
             self.config,
             self.device,
@@ -198,7 +240,7 @@ class Trainer:
             show_progress=False,
         )
         predictor.train(was_training)
-        return mean_dice(rows)
+        return mean_dice([row for rank_rows in distributed.gather(rows, self.dist) for row in rank_rows])
 
     def fit(self) -> Path:
         stages = self.method.stages()
@@ -215,7 +257,8 @@ class Trainer:
     def _best_state(self, stage: Stage) -> dict[str, Tensor]:
         best = self.checkpoint_dir / f"best_{stage.name}.pt"
         source = best if best.exists() else self.checkpoint_dir / f"last_{stage.name}.pt"
-        return load_checkpoint(source, self.device)["method"]
+        state = distributed.on_main(self.dist, lambda: load_checkpoint(source)["method"])
+        return {key: value.to(self.device) for key, value in state.items()}
 
     def _run_stage(self, index: int, stage: Stage, previous_best: dict[str, Tensor] | None) -> None:
         resuming = index == self.state.stage_index and self.state.step > 0
@@ -235,9 +278,9 @@ class Trainer:
         use_amp = config.amp
         scaler = torch.amp.GradScaler(self.device.type, enabled=use_amp and self.device.type == "cuda")
         amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        progress = _progress(stage, self.state.step, config.progress)
+        progress = _progress(stage, self.state.step, config.progress and self.dist.is_main)
         self.method.train()
-        writer = _tensorboard(self.run_dir)
+        writer = _tensorboard(self.run_dir) if self.dist.is_main else None
         while self.state.step < stage.iterations:
             step = self.state.step
             for name, optimizer in optimizers.items():
@@ -249,15 +292,18 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
                 losses = self.method.training_step(batch, step)
             total = sum(losses.values())
-            if not torch.isfinite(total):
-                bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+            terms = torch.stack([total.detach().float(), *(v.detach().float() for v in losses.values())])
+            values = distributed.mean_over_ranks(terms, self.dist).tolist()  # one host sync per step
+            if not math.isfinite(values[0]):
+                bad = [k for k, v in zip(losses, values[1:]) if not math.isfinite(v)]
                 raise NonFiniteLossError(
-                    f"{self.run_dir}: loss {bad} became {total.item()} at stage {stage.name!r} step {step}; "
+                    f"{self.run_dir}: loss {bad} became {values[0]} at stage {stage.name!r} step {step}; "
                     f"the last good checkpoint is {self.checkpoint_dir / 'last.pt'}"
                 )
             for optimizer in optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
+            distributed.average_gradients(modules.values(), self.dist)
             for optimizer in optimizers.values():
                 scaler.step(optimizer)
             scaler.update()
@@ -269,8 +315,8 @@ class Trainer:
                 "step": self.state.step,
                 "global_step": self.state.global_step,
                 "lr": optimizers[next(iter(optimizers))].param_groups[0]["lr"],
-                "loss": total.item(),
-                **{f"loss/{k}": v.item() for k, v in losses.items()},
+                "loss": values[0],
+                **{f"loss/{k}": v for k, v in zip(losses, values[1:])},
                 **self.method.diagnostics,
             }
             done = self.state.step == stage.iterations
@@ -301,9 +347,10 @@ class Trainer:
         else:
             self.state.finished = True
         self._checkpoint("last.pt", optimizers)
-        self._write_log()
+        self._write_log(final=True)
 
 
+PLOT_EVERY_S = 30.0
 LOG_FIRST = ("stage", "step", "global_step", "lr", "loss", "val_dice")
 
 
@@ -341,7 +388,6 @@ def _tensorboard(run_dir: Path) -> Any:
 
 def train(config: Config, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Train (or resume) the run described by `config`; returns the run folder."""
-    trainer = Trainer(config, resume=resume, overwrite=overwrite)
-    if trainer.state.finished:
-        return trainer.run_dir
-    return trainer.fit()
+    with distributed.process_group_scope():
+        trainer = Trainer(config, resume=resume, overwrite=overwrite)
+        return trainer.run_dir if trainer.state.finished else trainer.fit()

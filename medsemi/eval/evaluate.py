@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from medsemi.data.cases import Case, DatasetInfo
 from medsemi.data.registry import create_dataset
 from medsemi.data.splits import make_split
 from medsemi.engine.checkpoint import load_checkpoint
+from medsemi.eval.figures import ExtremeCases, slice_axis
 from medsemi.eval.inference import predict_case
 from medsemi.eval.metrics import case_metrics
 from medsemi.eval.postprocess import largest_connected_component
@@ -64,13 +66,19 @@ def evaluate_cases(
     *,
     dice_only: bool = False,
     show_progress: bool = True,
+    on_case: Callable[[Case, np.ndarray], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (case, foreground class) with every metric (Dice only during training validation)."""
+    """One row per (case, foreground class) with every metric (Dice only during training validation).
+
+    `on_case(case, predicted_labels)` sees every prediction (figures keep a few slices without re-predicting).
+    """
     rows: list[dict[str, Any]] = []
     for case in tqdm(cases, desc="evaluate", disable=not show_progress, leave=False):
         if case.label is None:
             raise ValueError(f"{case.source or case.case_id}: cannot evaluate a case without a label")
         labels = predict_labels(net, case.image, info, config, device)
+        if on_case is not None:
+            on_case(case, labels)
         per_class = case_metrics(labels, case.label, info.num_classes, case.spacing, dice_only=dice_only)
         for class_index, metrics in per_class.items():
             rows.append({"case_id": case.case_id, "class": info.class_names[class_index], **metrics})
@@ -118,7 +126,8 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str | None = None)
 def evaluate_run(
     run_dir: Path, split: str = "test", checkpoint: str = "best", limit: int | None = None
 ) -> dict[str, Any]:
-    """Evaluate a run on a split; writes eval/<split>_<checkpoint>/{cases.csv,summary.md,summary.csv,dice.png}."""
+    """Evaluate a run on a split; writes eval/<split>_<checkpoint>/{cases.csv,summary.md,summary.csv,dice.png}
+    and overlays/ of the worst and best cases."""
     run_dir = Path(run_dir)
     loaded = load_run(run_dir, checkpoint)
     config = loaded.config
@@ -127,8 +136,11 @@ def evaluate_run(
     if not cases:
         raise ValueError(f"{run_dir}: the {split!r} split of {config.data.dataset} is empty")
     cases = cases[:limit]
-    rows = evaluate_cases(loaded.method.predictor(), cases, loaded.info, config, loaded.device)
-    summary = summarise(rows)
+    extremes = ExtremeCases(axis=slice_axis(loaded.info.spatial_dims))
+    rows = evaluate_cases(
+        loaded.method.predictor(), cases, loaded.info, config, loaded.device, on_case=extremes
+    )
+    summary = {**summarise(rows), "checkpoint": loaded.checkpoint}
     out = run_dir / "eval" / f"{split}_{loaded.checkpoint}"
     out.mkdir(parents=True, exist_ok=True)
     write_case_table(rows, out / "cases.csv")
@@ -146,6 +158,7 @@ def evaluate_run(
     }
     write_summary(summary, out / "summary.md", out / "summary.csv", header)
     plot_case_dice(rows, out / "dice.png")
+    extremes.write(rows, out / "overlays")
     return summary
 
 

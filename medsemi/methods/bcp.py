@@ -10,7 +10,6 @@ the ACDC script for 2D data and the LA script for 3D data (docs/methods/bcp.md l
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -194,8 +193,7 @@ class BCP(Method):
 
     def after_step(self, step: int) -> None:
         if bool(self.selftraining):
-            # No warm-up: with an unbounded step, ema_update's min(1 - 1/(step + 1), decay) is the decay.
-            ema_update(self.teacher, self.student, self.options.ema_decay, sys.maxsize, buffers=self.ema_buffers)
+            ema_update(self.teacher, self.student, self.options.ema_decay, step, buffers=self.ema_buffers, warmup=False)
 
     def predictor(self) -> nn.Module:
         return self.student

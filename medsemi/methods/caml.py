@@ -63,9 +63,7 @@ class FeatureMemory(nn.Module):
     def claim_slots(self, n: int) -> Tensor:
         """The next `n` slots in ring order: the batch names no case, so the last crops written are kept."""
         if n > self.slots:
-            raise ValueError(
-                f"caml: memory_slots ({self.slots}) must be at least the labeled batch size ({n})"
-            )
+            raise ValueError(f"caml: memory_slots ({self.slots}) must be at least the labeled batch size ({n})")
         slots = (self.next_slot + torch.arange(n, device=self.counts.device)) % self.slots
         self.next_slot.copy_((self.next_slot + n) % self.slots)
         return slots
@@ -113,9 +111,7 @@ def sharpen(probs: Tensor, temperature: float) -> Tensor:
     return high / (high + low)
 
 
-def correlation_consistency(
-    query_v: Tensor, query_a: Tensor, keys: Tensor, temperature: float, detach: bool
-) -> Tensor:
+def correlation_consistency(query_v: Tensor, query_a: Tensor, keys: Tensor, temperature: float, detach: bool) -> Tensor:
     """OCC loss: mean over rows of the cross-entropy from f_a's correlation row (target) to f_v's.
 
     Rows: softmax(query @ keys^T / temperature); computed in float32 (T = 0.1 on raw dot products is peaky).
@@ -206,17 +202,13 @@ class CAML(Method):
         with torch.no_grad():
             projected = []
             for head, feature in zip(heads, features, strict=True):
-                rows = torch.gather(
-                    feature.flatten(2).transpose(1, 2), 1, chosen.expand(-1, -1, feature.shape[1])
-                )
+                rows = torch.gather(feature.flatten(2).transpose(1, 2), 1, chosen.expand(-1, -1, feature.shape[1]))
                 projected.append(head(rows.reshape(-1, feature.shape[1])))
             embeddings = (projected[0] + projected[1]) / 2
             if self.options.normalize_embeddings:
                 embeddings = F.normalize(embeddings, dim=-1)
         heads.train(was_training)
-        self.memory.write(
-            self.memory.claim_slots(n), embeddings.view(n, num_classes, k, -1), qualifies.sum(-1)
-        )
+        self.memory.write(self.memory.claim_slots(n), embeddings.view(n, num_classes, k, -1), qualifies.sum(-1))
 
     def omni_correlation(self, probs: list[Tensor], features: list[Tensor], labels: Tensor) -> Tensor:
         o = self.options

@@ -63,9 +63,7 @@ def build_mtnet(context: MethodContext) -> MTNet:
     name = {"unet": "mtnet"}.get(context.net.name, context.net.name)
     net = context.build_net(name, **context.net.options)
     if not isinstance(net, MTNet):
-        raise ValueError(
-            f"cdma needs a three-branch MTNet (net.name mtnet, mtnet_resnet50 or unet), got {name!r}"
-        )
+        raise ValueError(f"cdma needs a three-branch MTNet (net.name mtnet, mtnet_resnet50 or unet), got {name!r}")
     return net
 
 

@@ -78,10 +78,8 @@ class SCP(Method):
             pixel_weight = (self_probs.amax(1) * reliability).unsqueeze(1)
 
         dice = soft_dice_loss if o.dice == "standard" else unscaled_dice_loss
-        labels = batch.label_l
-        supervised = 0.5 * (
-            F.cross_entropy(logits[:n_labeled], labels.long()) + dice(probs[:n_labeled], labels)
-        )
+        cross_entropy = F.cross_entropy(logits[:n_labeled], batch.label_l.long())
+        supervised = 0.5 * (cross_entropy + dice(probs[:n_labeled], batch.label_l))
         self_consistency = torch.mean((self_probs - probs) ** 2)
         cross_consistency = torch.mean(pixel_weight * (proto.cross_probs - probs) ** 2)
 

@@ -153,4 +153,4 @@ class Semiformer(Method):
         return list(self._heads)
 
     def optimised_modules(self) -> dict[str, nn.Module]:
-        return {"net": self.net}
+        return {"cnn": self.net.cnn, "transformer": self.net.transformer}

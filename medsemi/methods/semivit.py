@@ -14,7 +14,6 @@ soft, with Semi-ViT's label smoothing. An optional supervised warm-start stage p
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -166,8 +165,7 @@ class SemiViT(Method):
 
     def after_step(self, step: int) -> None:
         o = self.options
-        alpha_step = step if o.ema_warmup else sys.maxsize  # warm-up alpha = min(1 - 1/(step+1), decay)
-        ema_update(self.teacher, self.student, o.ema_decay, alpha_step, buffers=o.ema_buffers)
+        ema_update(self.teacher, self.student, o.ema_decay, step, buffers=o.ema_buffers, warmup=o.ema_warmup)
 
     def predictor(self) -> nn.Module:
         return self.student

@@ -72,9 +72,7 @@ class Interpolate(nn.Module):
     """x2 (tri/bi)linear up-sampling with aligned corners, picked by the input's dimensionality."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.interpolate(
-            x, scale_factor=2, mode="trilinear" if x.dim() == 5 else "bilinear", align_corners=True
-        )
+        return F.interpolate(x, scale_factor=2, mode="trilinear" if x.dim() == 5 else "bilinear", align_corners=True)
 
 
 def interpolation_up(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -124,13 +122,9 @@ class CAMLNet(nn.Module):
         self.auxiliary = VNet3D(in_channels, num_classes, n_filters, dropout)
         cma = CrossSampleMutualAttention(8 * f, attention_heads, attention_dropout)
         self.auxiliary.encoder.stages[3] = nn.Sequential(self.auxiliary.encoder.stages[3], cma)
-        self.auxiliary.decoder.ups = nn.ModuleList(
-            interpolation_up(c, c // 2) for c in (16 * f, 8 * f, 4 * f, 2 * f)
-        )
+        self.auxiliary.decoder.ups = nn.ModuleList(interpolation_up(c, c // 2) for c in (16 * f, 8 * f, 4 * f, 2 * f))
         self.projection_heads = nn.ModuleList([embedding_head(f, feat_dim), embedding_head(f, feat_dim)])
-        self.prediction_heads = nn.ModuleList(
-            [embedding_head(feat_dim, feat_dim), embedding_head(feat_dim, feat_dim)]
-        )
+        self.prediction_heads = nn.ModuleList([embedding_head(feat_dim, feat_dim), embedding_head(feat_dim, feat_dim)])
         if spatial_dims == 2:
             as_2d(self)
 

@@ -27,29 +27,34 @@ HEADS = ("cnn", "transformer", "mean")
 
 
 class FCUDown(nn.Module):
-    """CNN map -> tokens: project to the token width, pool to the token grid, LayerNorm + GELU."""
+    """CNN map -> tokens: project to the token width, average-pool by `factor` to the token grid, LN + GELU.
 
-    def __init__(self, channels: int, dim: int) -> None:
+    Fixed pooling and upsampling factors (a level's stride to the token stride), as Conformer's, also keep the
+    network exportable to ONNX.
+    """
+
+    def __init__(self, channels: int, dim: int, factor: int) -> None:
         super().__init__()
         self.proj = nn.Conv2d(channels, dim, 1)
+        self.pool = nn.AvgPool2d(factor)
         self.norm = nn.LayerNorm(dim)
         self.act = nn.GELU()
 
-    def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        pooled = F.adaptive_avg_pool2d(self.proj(x), grid)
-        return self.act(self.norm(pooled.flatten(2).transpose(1, 2)))
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.norm(self.pool(self.proj(x)).flatten(2).transpose(1, 2)))
 
 
 class FCUUp(nn.Module):
     """Tokens -> CNN map: reshape to the grid, project (1x1 conv, BN, ReLU), nearest-upsample."""
 
-    def __init__(self, dim: int, channels: int) -> None:
+    def __init__(self, dim: int, channels: int, factor: int) -> None:
         super().__init__()
         self.proj = nn.Sequential(nn.Conv2d(dim, channels, 1), nn.BatchNorm2d(channels), nn.ReLU())
+        self.up = nn.Upsample(scale_factor=factor, mode="nearest")
 
-    def forward(self, tokens: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
+    def forward(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
         x = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
-        return F.interpolate(self.proj(x), size=size, mode="nearest")
+        return self.up(self.proj(x))
 
 
 class TokenDecoder(nn.Module):
@@ -77,11 +82,83 @@ class TokenDecoder(nn.Module):
         return self.ups(self.fuse(maps))
 
 
+class CNNStream(nn.Module):
+    """The U-Net encoder and decoder, and the FCU-up units through which tokens enter them."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        widths: list[int],
+        dropouts: list[float],
+        embed_dim: int,
+        patch_size: int,
+        levels: tuple[int, ...],
+        coupling: bool,
+    ) -> None:
+        super().__init__()
+        self.encoder = UNetEncoder(in_channels, widths, dropouts)
+        self.decoder = UNetDecoder(widths, num_classes)
+        self.fcu_up = (
+            nn.ModuleList(FCUUp(embed_dim, widths[level], patch_size >> level) for level in levels)
+            if coupling
+            else None
+        )
+
+
+class TransformerStream(nn.Module):
+    """Patch embedding of the CNN stem, ViT stages, FCU-down units (CNN maps -> tokens), token decoder."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        widths: list[int],
+        patch_size: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+        img_size: int,
+        levels: tuple[int, ...],
+        coupling: bool,
+    ) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(widths[0], embed_dim, patch_size, stride=patch_size)
+        grid = img_size // patch_size
+        self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, grid, grid))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        per_stage = [depth // len(levels) + (i < depth % len(levels)) for i in range(len(levels))]
+        mlp_dim = int(embed_dim * mlp_ratio)
+        self.stages = nn.ModuleList(
+            nn.Sequential(*(TransformerBlock(embed_dim, mlp_dim, num_heads, qkv_bias=True) for _ in range(n)))
+            for n in per_stage
+        )
+        self.fcu_down = (
+            nn.ModuleList(FCUDown(widths[level], embed_dim, patch_size >> level) for level in levels)
+            if coupling
+            else None
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.decoder = TokenDecoder(
+            embed_dim * len(levels), widths[-1], widths[0], int(math.log2(patch_size)), num_classes
+        )
+
+    def embed(self, stem: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Tokens (B, N, D) of the CNN stem map and their grid; the position embedding is resized to fit."""
+        x = self.patch_embed(stem)
+        grid = (x.shape[2], x.shape[3])
+        pos = self.pos_embed
+        if pos.shape[2:] != x.shape[2:]:
+            pos = F.interpolate(pos, size=grid, mode="bicubic", align_corners=False)
+        return (x + pos).flatten(2).transpose(1, 2), grid
+
+
 class DualStreamNet(nn.Module):
     """U-Net stream + ViT stream with FCU coupling; `head` picks what `forward` returns.
 
     `forward_streams(x)` gives both heads' (logits, features); `forward` returns the `head` stream's
-    (for "mean": the log of the averaged softmaxes, so its argmax is the fused prediction).
+    (for "mean": the log of the averaged softmaxes, so its argmax is the fused prediction). The two streams
+    are separate submodules (`cnn`, `transformer`), so each may get its own optimiser.
     Input sides must be multiples of `patch_size` and of 16 (the U-Net pools four times).
     """
 
@@ -119,26 +196,20 @@ class DualStreamNet(nn.Module):
             raise ValueError(f"dual_stream: depth {depth} < {len(levels)} coupling stages")
         self.head = head
         self.coupling_levels = levels
-        self.coupling = coupling
-        self.patch_size = patch_size
-        self.encoder = UNetEncoder(in_channels, list(widths), list(dropouts))
-        self.decoder = UNetDecoder(list(widths), num_classes)
-        self.patch_embed = nn.Conv2d(widths[0], embed_dim, patch_size, stride=patch_size)
-        grid = img_size // patch_size
-        self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, grid, grid))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        per_stage = [depth // len(levels) + (i < depth % len(levels)) for i in range(len(levels))]
-        mlp_dim = int(embed_dim * mlp_ratio)
-        self.stages = nn.ModuleList(
-            nn.Sequential(*(TransformerBlock(embed_dim, mlp_dim, num_heads, qkv_bias=True) for _ in range(n)))
-            for n in per_stage
+        self.cnn = CNNStream(
+            in_channels, num_classes, list(widths), list(dropouts), embed_dim, patch_size, levels, coupling
         )
-        if coupling:
-            self.fcu_down = nn.ModuleList(FCUDown(widths[level], embed_dim) for level in levels)
-            self.fcu_up = nn.ModuleList(FCUUp(embed_dim, widths[level]) for level in levels)
-        self.norm = nn.LayerNorm(embed_dim)
-        self.token_decoder = TokenDecoder(
-            embed_dim * len(levels), widths[-1], widths[0], int(math.log2(patch_size)), num_classes
+        self.transformer = TransformerStream(
+            num_classes,
+            list(widths),
+            patch_size,
+            embed_dim,
+            depth,
+            num_heads,
+            mlp_ratio,
+            img_size,
+            levels,
+            coupling,
         )
 
     @property
@@ -151,37 +222,30 @@ class DualStreamNet(nn.Module):
             raise ValueError(f"dual_stream: head must be one of {HEADS}, got {value!r}")
         self._head = value
 
-    def _embed(self, stem: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        x = self.patch_embed(stem)
-        grid = (x.shape[2], x.shape[3])
-        pos = self.pos_embed
-        if pos.shape[2:] != x.shape[2:]:
-            pos = F.interpolate(pos, size=grid, mode="bicubic", align_corners=False)
-        return (x + pos).flatten(2).transpose(1, 2), grid
-
     def forward_streams(self, x: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
         """((cnn logits, cnn features), (transformer logits, transformer features))."""
+        cnn, vit = self.cnn, self.transformer
         skips, stage_tokens = [], []
-        h = self.encoder.blocks[0](x)
-        tokens, grid = self._embed(h)
-        for level, block in enumerate(self.encoder.blocks):
+        h = cnn.encoder.blocks[0](x)
+        tokens, grid = vit.embed(h)
+        for level, block in enumerate(cnn.encoder.blocks):
             if level > 0:
                 h = block(h)
             if level in self.coupling_levels:
                 stage = self.coupling_levels.index(level)
-                if self.coupling:
-                    tokens = tokens + self.fcu_down[stage](h, grid)
-                tokens = self.stages[stage](tokens)
+                if vit.fcu_down is not None:
+                    tokens = tokens + vit.fcu_down[stage](h)
+                tokens = vit.stages[stage](tokens)
                 stage_tokens.append(tokens)
-                if self.coupling:
-                    h = h + self.fcu_up[stage](tokens, grid, (h.shape[2], h.shape[3]))
+                if cnn.fcu_up is not None:
+                    h = h + cnn.fcu_up[stage](tokens, grid)
             skips.append(h)
-        cnn_features = self.decoder.decode(skips)
-        maps = [self.norm(t).transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid) for t in stage_tokens]
-        token_features = self.token_decoder.decode(torch.cat(maps, 1))
+        cnn_features = cnn.decoder.decode(skips)
+        maps = [vit.norm(t).transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid) for t in stage_tokens]
+        token_features = vit.decoder.decode(torch.cat(maps, 1))
         return (
-            (self.decoder.head(cnn_features), cnn_features),
-            (self.token_decoder.head(token_features), token_features),
+            (cnn.decoder.head(cnn_features), cnn_features),
+            (vit.decoder.head(token_features), token_features),
         )
 
     def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:

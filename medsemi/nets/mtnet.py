@@ -52,9 +52,7 @@ class MTNet(nn.Module):
     def perturb(self, features: list[Tensor]) -> list[Tensor]:
         return [feature_noise(f, self.perturbation) for f in features]
 
-    def branch_outputs(
-        self, x: Tensor, branches: Sequence[str] = BRANCHES
-    ) -> dict[str, tuple[Tensor, Tensor]]:
+    def branch_outputs(self, x: Tensor, branches: Sequence[str] = BRANCHES) -> dict[str, tuple[Tensor, Tensor]]:
         """{branch: (logits (B, K, H, W), features)} for the requested branches, from one encoder pass."""
         features = self.encode(x)
         noisy = self.training and self.perturbation > 0
@@ -111,9 +109,7 @@ class AttentionUNetDecoder(nn.Module):
     def __init__(self, widths: list[int], num_classes: int, attention: str) -> None:
         super().__init__()
         self.decoder = UNetDecoder(widths, num_classes)
-        self.attention = nn.ModuleList(
-            make_attention(attention, widths[i - 1]) for i in range(len(widths) - 1, 0, -1)
-        )
+        self.attention = nn.ModuleList(make_attention(attention, widths[i - 1]) for i in range(len(widths) - 1, 0, -1))
 
     def forward(self, skips: list[Tensor], size: Sequence[int]) -> tuple[Tensor, Tensor]:
         x = skips[-1]
@@ -141,9 +137,7 @@ class UNetMTNet(MTNet):
         if len(widths) != len(dropouts):
             raise ValueError(f"mtnet: {len(widths)} widths but {len(dropouts)} dropout rates")
         self.encoder = UNetEncoder(in_channels, list(widths), list(dropouts))
-        self.decoders = nn.ModuleDict(
-            {k: AttentionUNetDecoder(list(widths), num_classes, k) for k in BRANCHES}
-        )
+        self.decoders = nn.ModuleDict({k: AttentionUNetDecoder(list(widths), num_classes, k) for k in BRANCHES})
 
     def encode(self, x: Tensor) -> list[Tensor]:
         return self.encoder(x)
@@ -160,9 +154,7 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.batch_norm(
-            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
-        )
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
 class Bottleneck(nn.Module):
@@ -244,12 +236,15 @@ def load_resnet50_weights(backbone: ResNet50, path: str | Path) -> None:
     in_channels = backbone.conv1.in_channels
     if conv1 is not None and conv1.shape[1] != in_channels:
         state["conv1.weight"] = conv1.mean(1, keepdim=True).repeat(1, in_channels, 1, 1) * (3 / in_channels)
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    expected = backbone.state_dict().keys()
+    # torchvision files before 0.4.1 (resnet50-19c8e357.pth) lack the BN counters; BatchNorm fills them in.
+    missing = sorted(k for k in expected - state.keys() if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(state.keys() - expected)
     if missing or unexpected:
         raise ValueError(
-            f"{path} is not a torchvision ResNet-50 state_dict: "
-            f"missing {missing[:4]}, unexpected {unexpected[:4]}"
+            f"{path} is not a torchvision ResNet-50 state_dict: missing {missing[:4]}, unexpected {unexpected[:4]}"
         )
+    backbone.load_state_dict(state)
 
 
 def _kaiming(module: nn.Module) -> nn.Module:
@@ -346,9 +341,7 @@ class DeepLabMTNet(MTNet):
         if pretrained is not None:
             load_resnet50_weights(self.backbone, pretrained)
         self.aspp = ASPP(groups=groups)
-        self.decoders = nn.ModuleDict(
-            {k: DeepLabAttentionDecoder(num_classes, k, groups=groups) for k in BRANCHES}
-        )
+        self.decoders = nn.ModuleDict({k: DeepLabAttentionDecoder(num_classes, k, groups=groups) for k in BRANCHES})
 
     def encode(self, x: Tensor) -> list[Tensor]:
         low, high = self.backbone(x)

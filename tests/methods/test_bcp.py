@@ -323,6 +323,22 @@ def test_teacher_mode_eval_gives_deterministic_pseudo_labels(spy: MixSpy) -> Non
     assert not method.teacher.training
 
 
+def test_unet_bilinear_is_the_official_unet_2d() -> None:
+    """BCP's UNet_2d: PyMIC blocks, 1x1 conv + bilinear x2 up-sampling, 3x3 head (parameters counted by hand)."""
+    from medsemi.nets.registry import create_net
+
+    def block(cin: int, cout: int) -> int:  # conv3x3 + BN + conv3x3 + BN
+        return cin * cout * 9 + cout + 2 * cout + cout * cout * 9 + cout + 2 * cout
+
+    widths, classes = [16, 32, 64, 128, 256], 4
+    encoder = block(1, 16) + sum(block(a, b) for a, b in zip(widths, widths[1:]))
+    decoder = sum(a * b + b + block(2 * b, b) for a, b in zip(widths[:0:-1], widths[-2::-1]))
+    net = create_net("unet_bilinear", in_channels=1, num_classes=classes)
+    assert sum(p.numel() for p in net.parameters()) == encoder + decoder + 16 * classes * 9 + classes
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in net.modules())
+    assert net.eval()(torch.randn(1, 1, 48, 64)).shape == (1, classes, 48, 64)
+
+
 def test_a_run_killed_inside_selftraining_resumes_to_the_same_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

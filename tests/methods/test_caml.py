@@ -149,11 +149,11 @@ def test_consistency_and_correlation_reach_both_sub_networks_unless_detached(det
 
 
 def test_ramp_follows_the_label_count_and_the_official_counter() -> None:
-    batch = _batch()
-    for rampup, step in [(20.0, 0), (20.0, 1499), (40.0, 1499), (15.0, 2249)]:
-        method = _method(rampup_epochs=rampup)
+    method, batch = _method(), _batch()
+    for rampup, step in [(20.0, 1499), (40.0, 1499), (15.0, 2249)]:
+        method.options.rampup_epochs = rampup
         method.training_step(batch, step)
-        ramp = sigmoid_rampup((step + 1) // 150, rampup)
+        ramp = sigmoid_rampup((step + 1) // 150, rampup)  # the official counter is one ahead of ours
         assert method.diagnostics["consistency_weight"] == pytest.approx(ramp)
         assert method.diagnostics["correlation_weight"] == pytest.approx(0.05 * ramp)
     assert method.diagnostics["consistency_weight"] == pytest.approx(1.0)
@@ -192,7 +192,7 @@ def test_la_short_3d_run_and_sliding_window_evaluation(la_root: Path, tmp_path: 
         "data.patch_size=[48,48,32]",
         "data.batch_labeled=1",
         "data.batch_unlabeled=1",
-        "data.options={val_from_train: 1}",
+        "data.options={val_from_train: 1, limit: 4}",
         "net.options={n_filters: 4}",
         "method.memory_slots=2",
         "method.memory_per_class=64",
@@ -214,19 +214,20 @@ def test_la_short_3d_run_and_sliding_window_evaluation(la_root: Path, tmp_path: 
 def test_acdc_short_2d_run_and_evaluation(acdc_root: Path, tmp_path: Path) -> None:
     overrides = [
         f"data.root={acdc_root}",
+        "data.options={limit: 100}",
         "data.patch_size=[64,64]",
         "data.batch_labeled=2",
         "data.batch_unlabeled=2",
         "net.options={n_filters: 4}",
         "method.memory_per_class=64",
         "method.rampup_epochs=0",
-        "train.iterations=10",
-        "train.val_every=10",
+        "train.iterations=6",
+        "train.val_every=6",
         "train.val_limit=1",
         "train.progress=false",
         f"run.dir={tmp_path / 'run'}",
     ]
     run_dir = train(load_config(REPO / "configs/acdc/caml.yaml", overrides))
-    _check_losses(_log_rows(run_dir), 10)
+    _check_losses(_log_rows(run_dir), 6)
     summary = evaluate_run(run_dir, split="test", limit=1)
     assert summary["num_cases"] == 1 and 0.0 <= summary["mean"]["dice"] <= 1.0

@@ -85,9 +85,7 @@ def test_cdkd_is_zero_when_branches_agree_and_positive_otherwise() -> None:
 
 def test_entropy_of_the_mean_decreases_when_predictions_sharpen() -> None:
     base = torch.randn(2, 4, 8, 8)
-    values = [
-        mean_prediction_entropy([base * s, base * s + 0.1, base * s - 0.1]).item() for s in (1, 2, 4, 8)
-    ]
+    values = [mean_prediction_entropy([base * s, base * s + 0.1, base * s - 0.1]).item() for s in (1, 2, 4, 8)]
     assert all(a > b for a, b in zip(values, values[1:], strict=False))
     assert mean_prediction_entropy([torch.zeros(1, 4, 2, 2)] * 3).item() == pytest.approx(1.0, abs=1e-5)
     # Confident but contradicting branches keep the mean uncertain: the term also pulls branches together.
@@ -109,9 +107,7 @@ def test_training_step_losses_and_hard_warm_up() -> None:
     logits = [outputs[name][0] for name in BRANCHES]
     supervised = sum(ce_dice_loss(z[:2], batch.label_l) for z in logits) / 3
     assert late["supervised"].item() == pytest.approx(supervised.item(), rel=1e-5)
-    assert late["cdkd"].item() == pytest.approx(
-        0.1 * cross_decoder_distillation(logits, 10.0).item(), rel=1e-5
-    )
+    assert late["cdkd"].item() == pytest.approx(0.1 * cross_decoder_distillation(logits, 10.0).item(), rel=1e-5)
     assert late["entropy"].item() == pytest.approx(0.1 * mean_prediction_entropy(logits).item(), rel=1e-5)
 
 
@@ -120,9 +116,7 @@ def test_unsupervised_terms_train_every_branch_and_the_shared_encoder() -> None:
     losses = method.training_step(_batch(), step=5)
     (losses["cdkd"] + losses["entropy"]).backward()
     for name in BRANCHES:
-        assert any(
-            p.grad is not None and p.grad.abs().sum() > 0 for p in method.net.decoders[name].parameters()
-        )
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.net.decoders[name].parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.net.encoder.parameters())
 
 
@@ -182,9 +176,7 @@ def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, tmp_path: Path) ->
         "net.options.widths=[8, 16, 32, 64, 128]",
         "train.val_split=test",
     ]
-    run_dir = train(
-        load_config(REPO / "configs/acdc/cdma.yaml", overrides + _run_overrides(tmp_path / "run"))
-    )
+    run_dir = train(load_config(REPO / "configs/acdc/cdma.yaml", overrides + _run_overrides(tmp_path / "run")))
     header, *rows = (run_dir / "log.csv").read_text().splitlines()
     columns = header.split(",")
     on = [float(row.split(",")[columns.index("unsupervised_on")]) for row in rows]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -24,10 +26,10 @@ def _batch(dims: int, num_classes: int, strong: bool) -> Batch:
     )
 
 
-def _method(name: str, dims: int, num_classes: int = 3) -> Method:
+def _method(name: str, dims: int, num_classes: int = 3, **options: object) -> Method:
     info = DatasetInfo("test", [f"c{i}" for i in range(num_classes)], spatial_dims=dims, in_channels=1)
     context = MethodContext(info=info, net=SMALL_NETS[dims], iterations=100)
-    return create_method(name, {}, context)
+    return create_method(name, options, context)
 
 
 def _last_stage_step(method: Method) -> int:
@@ -83,8 +85,11 @@ def test_predictor_gives_logits_of_the_input_shape(name: str, dims: int) -> None
 @pytest.mark.parametrize("name", [n for n in list_methods() if method_class(n).uses_unlabeled])
 def test_unlabeled_loss_reaches_the_trained_networks(name: str) -> None:
     """Zeroing the labeled batch's supervision must still leave gradient from the unlabeled images."""
-    dims = method_class(name).supported_dims[0]
-    method = _method(name, dims)
+    cls = method_class(name)
+    dims = cls.supported_dims[0]
+    # Untrained networks are never 95 % confident: open confidence thresholds so pseudo-labels exist at all.
+    thresholds = {f.name: 0.0 for f in dataclasses.fields(cls.Options) if f.name == "threshold"}
+    method = _method(name, dims, **thresholds)
     step = _last_stage_step(method)
     method.train()
     batch = _batch(dims, 3, method.needs_strong_view)

@@ -208,7 +208,7 @@ def test_unknown_option_values_are_errors(bad: dict[str, str]) -> None:
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, tmp_path: Path) -> None:
-    """10 iterations of configs/acdc/scp.yaml (small widths, 64x64), consistency at full weight; 1 test volume."""
+    """10 iterations of configs/acdc/scp.yaml (narrow, 64x64), consistency at full weight; 1 test volume."""
     overrides = [
         f"data.root={acdc_root}",
         "data.patch_size=[64,64]",
@@ -229,10 +229,8 @@ def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, tmp_path: Path) ->
     for row in rows:
         assert float(row["consistency_weight"]) == pytest.approx(0.1)
         assert 0.0 <= float(row["prototype_agreement"]) <= 1.0
-        assert all(
-            math.isfinite(float(row[f"loss/{k}"]))
-            for k in ("supervised", "self_consistency", "cross_consistency")
-        )
+        terms = ("supervised", "self_consistency", "cross_consistency")
+        assert all(math.isfinite(float(row[f"loss/{k}"])) for k in terms)
         assert float(row["loss/cross_consistency"]) > 0
     summary = evaluate_run(run_dir, split="test", limit=1)
     assert 0.0 <= summary["mean"]["dice"] <= 1.0

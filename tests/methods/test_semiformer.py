@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import csv
+import math
+from pathlib import Path
+
 import pytest
 import torch
 
+from medsemi.config import load_config
 from medsemi.data.cases import DatasetInfo
+from medsemi.engine.trainer import train
+from medsemi.eval.evaluate import evaluate_run
 from medsemi.methods import Batch, MethodContext, create_method
 from medsemi.methods.base import NetSpec
 from medsemi.methods.semiformer import Semiformer, fuse_pseudo_labels
 
+REPO = Path(__file__).resolve().parents[2]
 INFO = DatasetInfo("test", ["bg", "a", "b"], spatial_dims=2, in_channels=1)
 TINY_DUAL = {"widths": (4, 8, 16, 32, 64), "embed_dim": 16, "depth": 3, "num_heads": 2, "img_size": 32}
 
@@ -35,14 +43,23 @@ def test_label_sources_on_constructed_predictions() -> None:
     token = _logits([[0.6, 0.3, 0.1], [0.05, 0.9, 0.05], [0.7, 0.2, 0.1]])
 
     def pairs(source: str) -> list[tuple[list[int], list[float]]]:
-        return [(lab.flatten().tolist(), [round(c, 3) for c in conf.flatten().tolist()]) for lab, conf in fuse_pseudo_labels(cnn, token, source)]
+        return [
+            (lab.flatten().tolist(), [round(c, 3) for c in conf.flatten().tolist()])
+            for lab, conf in fuse_pseudo_labels(cnn, token, source)
+        ]
 
     cnn_labels = ([0, 1, 2], [0.9, 0.7, 0.8])
     token_labels = ([0, 1, 0], [0.6, 0.9, 0.7])
     assert pairs("cnn") == [cnn_labels, cnn_labels]
     assert pairs("transformer") == [token_labels, token_labels]
-    assert pairs("cross") == [token_labels, cnn_labels]  # (target of the CNN head, target of the transformer head)
-    agree = ([0, 1, 2], [0.6, 0.7, 0.0])  # both must agree; confidence = the lower one; disagreement never passes
+    assert pairs("cross") == [
+        token_labels,
+        cnn_labels,
+    ]  # (target of the CNN head, target of the transformer head)
+    agree = (
+        [0, 1, 2],
+        [0.6, 0.7, 0.0],
+    )  # both must agree; confidence = the lower one; disagreement never passes
     assert pairs("agree") == [agree, agree]
     larger = ([0, 1, 2], [0.9, 0.9, 0.8])
     assert pairs("more_confident") == [larger, larger]
@@ -63,8 +80,10 @@ def test_burn_in_is_supervised_only_then_both_heads_learn_from_the_weak_view() -
     assert batch.image_u.grad is None, "the weak view only labels (no gradient)"
     assert batch.image_u_strong.grad.abs().sum() > 0
     net = method.net
-    assert any(p.grad.abs().sum() > 0 for p in net.token_decoder.parameters())
-    assert all(p.grad is None for p in net.decoder.parameters()), "the transformer's loss left its own stream"
+    assert any(p.grad.abs().sum() > 0 for p in net.transformer.decoder.parameters())
+    assert all(p.grad is None for p in net.cnn.decoder.parameters()), (
+        "the transformer's loss left its own stream"
+    )
 
 
 def test_the_threshold_masks_unconfident_pixels() -> None:
@@ -84,11 +103,43 @@ def test_predictor_head_and_ensemble_of_heads() -> None:
     assert torch.equal(cnn_view(x), cnn) and torch.equal(token_view(x), token)
     assert torch.equal(method.predictor()(x), token)
     assert set(method.state_dict()) == {f"net.{k}" for k in method.net.state_dict()}
+    modules = method.optimised_modules()
+    assert list(modules) == ["cnn", "transformer"]
+    assert modules["transformer"].pos_embed is method.net.transformer.pos_embed
 
 
 def test_a_unet_spec_shapes_the_cnn_stream_and_other_nets_are_refused() -> None:
     context = MethodContext(info=INFO, net=NetSpec("unet", {"widths": (4, 8, 16, 32, 64)}), iterations=10)
     method = create_method("semiformer", {}, context)
-    assert method.net.encoder.blocks[0][0].out_channels == 4
+    assert method.net.cnn.encoder.blocks[0][0].out_channels == 4
     with pytest.raises(ValueError, match="dual_stream"):
         create_method("semiformer", {}, MethodContext(info=INFO, net=NetSpec("vnet", {}), iterations=10))
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, tmp_path: Path) -> None:
+    """3 iterations of configs/acdc/semiformer.yaml, tiny ViT stream at 32x32, no burn-in; 1 test volume."""
+    overrides = [
+        f"data.root={acdc_root}",
+        "data.options={limit: 80}",  # 80 slices (3 labeled patients + 12 unlabeled), 1 val, 1 test volume
+        "data.patch_size=[32,32]",
+        "data.batch_labeled=2",
+        "data.batch_unlabeled=2",
+        "net.options={embed_dim: 16, depth: 3, num_heads: 2, img_size: 32}",
+        "method.threshold=0.0",
+        "method.burnin_fraction=0.0",
+        "train.iterations=3",
+        "train.val_every=3",
+        "train.progress=false",
+        f"run.dir={tmp_path / 'run'}",
+    ]
+    run_dir = train(load_config(REPO / "configs/acdc/semiformer.yaml", overrides))
+    with open(run_dir / "log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3
+    for row in rows:
+        assert math.isfinite(float(row["loss"]))
+        assert float(row["loss/unsupervised_cnn"]) > 0 and float(row["loss/unsupervised_transformer"]) > 0
+    summary = evaluate_run(run_dir, split="test", limit=1)
+    assert 0.0 <= summary["mean"]["dice"] <= 1.0

@@ -11,7 +11,7 @@ from medsemi.nets.caml import _TO_2D, CAMLNet, CrossSampleMutualAttention, Inter
 
 
 def _net(dims: int) -> CAMLNet:
-    net = create_net("caml", in_channels=1, num_classes=3, spatial_dims=dims, n_filters=2)
+    net = create_net("caml", in_channels=1, num_classes=3, spatial_dims=dims, n_filters=4)
     assert isinstance(net, CAMLNet)
     return net
 
@@ -47,11 +47,11 @@ def test_cma_is_the_identity_in_eval_mode() -> None:
 @pytest.mark.parametrize(("dims", "shape"), [(3, (16, 16, 16)), (2, (32, 32))])
 def test_both_sub_networks_give_logits_and_last_decoder_features(dims: int, shape: tuple[int, ...]) -> None:
     net = _net(dims)
-    x = torch.randn(2, 1, *shape)
+    x = torch.randn(4, 1, *shape)
     for branch in net.branches:
         logits, features = branch(x, return_features=True)
-        assert logits.shape == (2, 3, *shape)
-        assert features.shape == (2, 2, *shape)
+        assert logits.shape == (4, 3, *shape)
+        assert features.shape == (4, 4, *shape)
     assert torch.equal(net.eval()(x), net.vanilla(x))
 
 
@@ -74,12 +74,12 @@ def test_sub_networks_differ_as_the_paper_says() -> None:
     assert Interpolate in auxiliary_ups and nn.ConvTranspose3d not in auxiliary_ups
     assert not any(isinstance(m, CrossSampleMutualAttention) for m in net.vanilla.modules())
     cma = [m for m in net.auxiliary.encoder.modules() if isinstance(m, CrossSampleMutualAttention)]
-    assert len(cma) == 1 and cma[0].intra.self_attn.embed_dim == 8 * 2
+    assert len(cma) == 1 and cma[0].intra.self_attn.embed_dim == 8 * 4
 
 
 def test_eval_predictions_do_not_depend_on_the_rest_of_the_batch() -> None:
-    net = _net(3).eval()
-    x = torch.randn(3, 1, 16, 16, 16)
+    net = _net(2).eval()
+    x = torch.randn(4, 1, 32, 32)
     with torch.no_grad():
         alone, together = net.auxiliary(x[:1]), net.auxiliary(x)[:1]
     assert torch.allclose(alone, together, atol=1e-5)

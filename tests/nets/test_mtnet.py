@@ -144,20 +144,15 @@ def test_frozen_batch_norm_keeps_statistics_and_learns_affine() -> None:
     assert norm.weight.grad is not None and norm.bias.grad is not None
 
 
-def _torchvision_like_file(path: Path) -> dict[str, torch.Tensor]:
-    source = ResNet50(3, nn.BatchNorm2d)
-    for module in source.modules():
+def test_pretrained_weights_load_from_a_local_file_and_freeze_bn(deeplab: DeepLabMTNet, tmp_path: Path) -> None:
+    for module in deeplab.backbone.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-1, 1)
             module.running_var.uniform_(0.5, 2)
-    state = {**source.state_dict(), "fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}
-    torch.save(state, path)
-    return state
-
-
-def test_pretrained_weights_load_from_a_local_file_and_freeze_bn(tmp_path: Path) -> None:
+    state = {k: v for k, v in deeplab.backbone.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state |= {"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}  # as the 2017 torchvision file
     path = tmp_path / "resnet50.pth"
-    state = _torchvision_like_file(path)
+    torch.save(state, path)
     net = DeepLabMTNet(3, 2, pretrained=str(path))
     loaded = net.backbone.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items() if not k.startswith("fc."))
@@ -168,10 +163,12 @@ def test_pretrained_weights_load_from_a_local_file_and_freeze_bn(tmp_path: Path)
     assert torch.allclose(grey.conv1(image), net.backbone.conv1(image.repeat(1, 3, 1, 1)), atol=1e-4)
 
 
-def test_pretrained_errors_are_clear(tmp_path: Path) -> None:
+def test_pretrained_errors_are_clear_and_load_nothing(deeplab: DeepLabMTNet, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="Nothing is downloaded"):
-        load_resnet50_weights(ResNet50(3, nn.BatchNorm2d), tmp_path / "missing.pth")
+        load_resnet50_weights(deeplab.backbone, tmp_path / "missing.pth")
     path = tmp_path / "other.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "head.weight": torch.zeros(2)}, path)
+    before = deeplab.backbone.conv1.weight.detach().clone()
     with pytest.raises(ValueError, match="not a torchvision ResNet-50"):
-        load_resnet50_weights(ResNet50(3, nn.BatchNorm2d), path)
+        load_resnet50_weights(deeplab.backbone, path)
+    assert torch.equal(deeplab.backbone.conv1.weight, before)

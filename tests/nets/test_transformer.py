@@ -90,13 +90,14 @@ def _outputs(net: DualStreamNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return cnn, token
 
 
-@pytest.mark.parametrize("unit", ["fcu_down", "fcu_up"])
+@pytest.mark.parametrize("unit", ["transformer.fcu_down", "cnn.fcu_up"])
 def test_feature_coupling_changes_both_streams_outputs(unit: str) -> None:
     """Perturbing either direction of one coupling unit changes the CNN head and the transformer head."""
     net = _dual().eval()
     x = torch.randn(2, 1, 32, 32)
     cnn_before, token_before = _outputs(net, x)
-    first = getattr(net, unit)[0]
+    stream, name = unit.split(".")
+    first = getattr(getattr(net, stream), name)[0]
     with torch.no_grad():
         for p in first.parameters():
             p.add_(torch.randn_like(p))
@@ -107,11 +108,11 @@ def test_feature_coupling_changes_both_streams_outputs(unit: str) -> None:
 
 def test_without_coupling_the_cnn_stream_ignores_the_transformer() -> None:
     net = _dual(coupling=False).eval()
-    assert not hasattr(net, "fcu_down")
+    assert net.transformer.fcu_down is None and net.cnn.fcu_up is None
     x = torch.randn(2, 1, 32, 32)
     cnn_before, token_before = _outputs(net, x)
     with torch.no_grad():
-        for p in net.stages.parameters():
+        for p in net.transformer.stages.parameters():
             p.add_(torch.randn_like(p))
     cnn_after, token_after = _outputs(net, x)
     assert torch.equal(cnn_after, cnn_before)
@@ -122,8 +123,8 @@ def test_cnn_head_loss_reaches_the_transformer_stream_through_coupling() -> None
     net = _dual()
     (cnn_logits, _), _ = net.forward_streams(torch.randn(2, 1, 32, 32))
     cnn_logits.square().mean().backward()
-    assert net.stages[0][0].mlp.linear1.weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in net.token_decoder.parameters())
+    assert net.transformer.stages[0][0].mlp.linear1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.transformer.decoder.parameters())
 
 
 def test_dual_stream_rejects_bad_coupling_levels() -> None:

@@ -1,0 +1,110 @@
+"""Named benchmark protocols: the settings every method of a leaderboard shares, on top of its own config.
+
+A run of a bench = the method's paper config (configs/<dataset>/<method>.yaml) + the protocol's overrides +
+the grid point (labeled budget, seed, run folder). When a protocol shortens the schedule, every method option
+measured in iterations is scaled by the same factor (`scaled_options`), so a method with a pre-training stage
+or a ramp-up keeps the same *fraction* of the run as in the paper; a per-method table covers what a rule
+cannot express.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from medsemi.config import Config
+
+ITERATION_SUFFIXES = ("_iterations", "_epochs")
+"""Option names ending so count iterations (pretrain_iterations, warmstart_iterations) or epochs of a fixed
+number of iterations (rampup_epochs x iterations_per_epoch), so they scale with the schedule."""
+
+ITERATION_NAMES = ("consistency_start",)
+"""Other options counted in iterations (SSL4MIS mean teacher's consistency switch-on)."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What every run of a bench shares.
+
+    datasets: the config folders (configs/<dataset>/) the protocol is defined for.
+    overrides: dotted `key=value` overrides applied to every method's config.
+    iterations: the schedule length; None keeps each config's own `train.iterations`.
+    method_overrides: extra overrides for one method, applied after the generic scaling.
+    """
+
+    name: str
+    description: str
+    datasets: tuple[str, ...]
+    overrides: tuple[str, ...] = ()
+    iterations: int | None = None
+    method_overrides: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+QUICK = Protocol(
+    name="quick",
+    description=(
+        "ACDC sized for 2 CPU cores: slices resized to 128x128, batch 8 labeled + 8 unlabeled, 1000 iterations "
+        "(method schedules scaled by 1000 / 30000), validation every 100 iterations on the first 10 val "
+        "volumes, test on all 40 test volumes at 128x128"
+    ),
+    datasets=("acdc",),
+    overrides=(
+        "data.patch_size=[128, 128]",
+        "data.batch_labeled=8",
+        "data.batch_unlabeled=8",
+        "train.val_every=100",
+        "train.val_limit=10",
+        "train.checkpoint_every=100",
+    ),
+    iterations=1000,
+)
+
+PAPER = Protocol(
+    name="paper",
+    description=(
+        "the configs as they are (ACDC: 256x256, batch 12+12, 30k iterations, validation every 200 on the 20 "
+        "val volumes; LA: 112x112x80, 15k iterations, sliding window 18/18/4): the papers' protocol, for a GPU"
+    ),
+    datasets=("acdc", "la"),
+)
+
+PROTOCOLS: dict[str, Protocol] = {protocol.name: protocol for protocol in (QUICK, PAPER)}
+
+
+def get_protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise KeyError(f"unknown protocol {name!r}; known: {', '.join(sorted(PROTOCOLS))}")
+    return PROTOCOLS[name]
+
+
+def is_iteration_option(name: str) -> bool:
+    return name.endswith(ITERATION_SUFFIXES) or name in ITERATION_NAMES
+
+
+def method_option_values(config: Config) -> dict[str, Any]:
+    """The method's Options as the config resolves them: dataclass defaults, then the `method:` section."""
+    from medsemi.methods.base import method_class
+
+    options = method_class(config.method_name).Options
+    defaults = {f.name: f.default for f in dataclasses.fields(options) if f.default is not dataclasses.MISSING}
+    return {**defaults, **config.method_options}
+
+
+def scaled_options(config: Config, iterations: int) -> list[str]:
+    """`method.<name>=<value>` overrides that shrink (or stretch) iteration-measured options by
+    iterations / config.train.iterations; integers are rounded (an enabled stage keeps at least 1 iteration)."""
+    factor = iterations / config.train.iterations
+    if factor == 1:
+        return []
+    overrides = []
+    for name, value in sorted(method_option_values(config).items()):
+        if not is_iteration_option(name) or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if isinstance(value, int):
+            scaled: int | float = max(round(value * factor), 1) if value > 0 else value
+        else:
+            scaled = value * factor
+        overrides.append(f"method.{name}={scaled!r}")
+    return overrides
