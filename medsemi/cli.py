@@ -98,14 +98,21 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from medsemi.data.check import check_dataset, describe
+    from medsemi.data.check import inspect_dataset
 
-    problems = check_dataset(Path(args.path), args.dataset)
-    print(describe(Path(args.path), args.dataset))
+    report = inspect_dataset(Path(args.path), args.dataset)
+    problems = report.problems
+    print(report.summary)
     for problem in problems:
         print(f"PROBLEM {problem.path}: {problem.message}")
     print(f"{len(problems)} problem(s) found in {args.path}")
     return 1 if problems else 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from medsemi.bench.runner import run_from_args
+
+    return run_from_args(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path")
     check.add_argument("--dataset", default=None, help="layout (acdc, la, nnunet); detected when omitted")
     check.set_defaults(handler=_data_check)
+
+    from medsemi.bench.arguments import add_bench_arguments  # argparse only: --help stays fast
+
+    bench = verbs.add_parser("bench", help="methods x budgets x seeds -> leaderboard (or --throughput)")
+    add_bench_arguments(bench)
+    bench.set_defaults(handler=_bench)
     return parser
 
 

@@ -59,8 +59,10 @@ def export_onnx(
     tolerance: float = TOLERANCE,
 ) -> ExportReport:
     """Export, check parity (max |onnxruntime - torch| <= tolerance, batch sizes 1 and 2), then write."""
-    import onnxruntime
-
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ValueError("ONNX export needs onnx and onnxruntime: pip install -e '.[onnx]'") from error
     loaded = load_run(Path(run_dir), checkpoint, device="cpu")
     config, info = loaded.config, loaded.info
     patch = list(config.eval.patch_size or config.data.patch_size)

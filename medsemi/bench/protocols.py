@@ -10,18 +10,18 @@ cannot express.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from medsemi.config import Config
 
-ITERATION_SUFFIXES = ("_iterations", "_epochs")
-"""Option names ending so count iterations (pretrain_iterations, warmstart_iterations) or epochs of a fixed
-number of iterations (rampup_epochs x iterations_per_epoch), so they scale with the schedule."""
-
 ITERATION_NAMES = ("consistency_start",)
-"""Other options counted in iterations (SSL4MIS mean teacher's consistency switch-on)."""
+"""Options counted in iterations besides those named *_iterations (SSL4MIS mean teacher's switch-on)."""
+
+EPOCH_LENGTH = "iterations_per_epoch"
+"""Where a method has it, its *_epochs options count epochs of this many iterations: the epoch is scaled
+(SSL4MIS ramps step per epoch, so a shorter epoch keeps the ramp's 200 steps instead of coarsening it)."""
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,9 @@ class Protocol:
 QUICK = Protocol(
     name="quick",
     description=(
-        "ACDC sized for 2 CPU cores: slices resized to 128x128, batch 8 labeled + 8 unlabeled, 1000 iterations "
-        "(method schedules scaled by 1000 / 30000), validation every 100 iterations on the first 10 val "
-        "volumes, test on all 40 test volumes at 128x128"
+        "ACDC sized for 2 CPU cores: slices resized to 128x128, batch 8 labeled + 8 unlabeled, 1000 "
+        "iterations (method schedules scaled by 1000 / 30000), validation every 100 iterations on the first "
+        "10 val volumes, test on all 40 test volumes at 128x128"
     ),
     datasets=("acdc",),
     overrides=(
@@ -64,8 +64,9 @@ QUICK = Protocol(
 PAPER = Protocol(
     name="paper",
     description=(
-        "the configs as they are (ACDC: 256x256, batch 12+12, 30k iterations, validation every 200 on the 20 "
-        "val volumes; LA: 112x112x80, 15k iterations, sliding window 18/18/4): the papers' protocol, for a GPU"
+        "the configs as they are (ACDC: 256x256, batch 12+12, 30k iterations, validation every 200 on the "
+        "20 val volumes; LA: 112x112x80, 15k iterations, sliding window 18/18/4): the papers' protocol, for "
+        "a GPU"
     ),
     datasets=("acdc", "la"),
 )
@@ -79,8 +80,11 @@ def get_protocol(name: str) -> Protocol:
     return PROTOCOLS[name]
 
 
-def is_iteration_option(name: str) -> bool:
-    return name.endswith(ITERATION_SUFFIXES) or name in ITERATION_NAMES
+def is_iteration_option(name: str, options: Collection[str]) -> bool:
+    """Whether an option measures a length of the schedule (see ITERATION_NAMES and EPOCH_LENGTH)."""
+    if name.endswith("_epochs"):
+        return EPOCH_LENGTH not in options
+    return name == EPOCH_LENGTH or name.endswith("_iterations") or name in ITERATION_NAMES
 
 
 def method_option_values(config: Config) -> dict[str, Any]:
@@ -88,23 +92,31 @@ def method_option_values(config: Config) -> dict[str, Any]:
     from medsemi.methods.base import method_class
 
     options = method_class(config.method_name).Options
-    defaults = {f.name: f.default for f in dataclasses.fields(options) if f.default is not dataclasses.MISSING}
+    defaults = {
+        f.name: f.default for f in dataclasses.fields(options) if f.default is not dataclasses.MISSING
+    }
     return {**defaults, **config.method_options}
 
 
 def scaled_options(config: Config, iterations: int) -> list[str]:
     """`method.<name>=<value>` overrides that shrink (or stretch) iteration-measured options by
-    iterations / config.train.iterations; integers are rounded (an enabled stage keeps at least 1 iteration)."""
+    iterations / config.train.iterations; integers are rounded (an enabled stage keeps >= 1 iteration)."""
     factor = iterations / config.train.iterations
     if factor == 1:
         return []
+    values = method_option_values(config)
     overrides = []
-    for name, value in sorted(method_option_values(config).items()):
-        if not is_iteration_option(name) or isinstance(value, bool) or not isinstance(value, int | float):
+    for name, value in sorted(values.items()):
+        if (
+            not is_iteration_option(name, values)
+            or isinstance(value, bool)
+            or not isinstance(value, int | float)
+        ):
             continue
         if isinstance(value, int):
             scaled: int | float = max(round(value * factor), 1) if value > 0 else value
         else:
             scaled = value * factor
-        overrides.append(f"method.{name}={scaled!r}")
+        if scaled != value:
+            overrides.append(f"method.{name}={scaled!r}")
     return overrides

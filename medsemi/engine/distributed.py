@@ -74,11 +74,11 @@ def setup(device: torch.device) -> tuple[DistContext, torch.device]:
 @contextmanager
 def process_group_scope() -> Iterator[None]:
     """Destroy on exit a process group created inside (by `setup`); leave a caller's own group alone."""
-    existed = dist.is_initialized()
+    existed = dist.is_available() and dist.is_initialized()  # some builds have no torch.distributed
     try:
         yield
     finally:
-        if not existed and dist.is_initialized():
+        if not existed and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
 

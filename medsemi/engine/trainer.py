@@ -6,7 +6,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -205,7 +205,7 @@ class Trainer:
                 "state": self.state.__dict__,
                 "rng": rng[0],
                 "rng_ranks": rng if self.dist.enabled else None,
-                "config_method": self.config.method_name,
+                "info": asdict(self.info),
             },
         )
 

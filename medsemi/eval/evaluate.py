@@ -103,7 +103,10 @@ class LoadedRun:
 
 
 def load_run(run_dir: Path, checkpoint: str = "best", device: str | None = None) -> LoadedRun:
-    """Rebuild a run's method from its resolved config and load a checkpoint (best falls back to last)."""
+    """Rebuild a run's method from its resolved config and load a checkpoint (best falls back to last).
+
+    The dataset's description travels in the checkpoint, so a run predicts without its training data.
+    """
     from medsemi.engine.trainer import resolve_device
 
     run_dir = Path(run_dir)
@@ -114,11 +117,11 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str | None = None)
         checkpoint, path = "last", run_dir / "checkpoints" / "last.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no checkpoint; has {run_dir} been trained?")
-    dataset = create_dataset(config.data.dataset, config.data.root, **config.data.options)
-    info = dataset.info
+    state = load_checkpoint(path, "cpu")
+    info = DatasetInfo(**state["info"])
     context = MethodContext(info=info, net=NetSpec(config.net.name, dict(config.net.options)), iterations=1)
     method = create_method(config.method_name, config.method_options, context)
-    method.load_state_dict(load_checkpoint(path, "cpu")["method"])
+    method.load_state_dict(state["method"])
     method.to(target).eval()
     return LoadedRun(config=config, info=info, method=method, checkpoint=checkpoint, device=target)
 

@@ -238,7 +238,7 @@ def test_rgb_png_folder_trains_predicts_by_sliding_window_and_evaluates(tmp_path
     assert summary["num_cases"] == 2 and 0.0 <= summary["mean"]["dice"] <= 1.0
     images = sorted((root / "imagesTs").iterdir())
     written = predict_files(run_dir, images, tmp_path / "predictions")
-    for image, mask_path in zip(images, written, strict=True):
-        mask = np.asarray(Image.open(mask_path))
+    for image, result in zip(images, written, strict=True):
+        mask = np.asarray(Image.open(result.mask))
         assert mask.shape == np.asarray(Image.open(image)).shape[:2]  # 96 x 80 from 48 x 48 windows
         assert set(np.unique(mask)) <= {0, 1}

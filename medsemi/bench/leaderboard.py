@@ -1,0 +1,366 @@
+"""Leaderboard: per method x budget x checkpoint rule, the median and min-max over seeds of every test metric.
+
+Inputs are what each run folder already holds (eval/test_<rule>/summary.csv from `evaluate_run`, log.csv
+from the trainer, bench.json from the worker), so a leaderboard can be rebuilt from folders alone.
+Outputs in the bench folder: leaderboard.md (Dice, Jaccard, HD95, ASD per class and mean), leaderboard.csv
+(tidy: every metric, including the strict and millimetre variants), runs.csv (cost and validation of each
+run), dice_vs_budget.png and learning_curves.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medsemi.bench.runner import BenchSpec, RunSpec
+from medsemi.bench.worker import RULES, is_complete, read_record, summary_csv
+from medsemi.engine.checkpoint import atomic_write_text
+
+DISPLAY_METRICS = {"dice": "Dice", "jaccard": "Jaccard", "hd95": "HD95", "asd": "ASD"}
+"""The papers' columns (empty prediction scores 0, HD95/ASD in voxels); the CSV carries every variant."""
+
+PERCENT = ("dice", "jaccard")
+RULE_TITLES = {"best": "best-on-val", "last": "last iterate"}
+MEAN = "mean"
+
+
+@dataclass
+class RunResult:
+    """What one run folder says: test summaries per rule ({class: {metric: value}}, class "mean" included),
+    its cost, and its validation curve (global step, val Dice)."""
+
+    run: RunSpec
+    status: str
+    summaries: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    test_cases: dict[str, int] = field(default_factory=dict)
+    cost: dict[str, Any] = field(default_factory=dict)
+    iterations: int = 0
+    best_step: int | None = None
+    best_val_dice: float | None = None
+    curve: list[tuple[int, float]] = field(default_factory=list)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_summary(path: Path) -> tuple[dict[str, dict[str, float]], int]:
+    """{class: {metric: value}} of an evaluation summary.csv and its number of cases.
+
+    The metric columns are those after `class` (the leading columns repeat the header), minus the count
+    of empty predictions.
+    """
+    rows = _read_csv(path)
+    columns = list(rows[0])
+    metrics = [c for c in columns[columns.index("class") + 1 :] if c != "empty_pred"]
+    table = {row["class"]: {m: float(row[m]) for m in metrics} for row in rows}
+    return table, int(rows[0].get("cases") or 0)
+
+
+def read_curve(path: Path) -> tuple[list[tuple[int, float]], int, int | None, float | None]:
+    """(global step, val Dice) pairs, the iterations done, and the best validation of the last stage (the
+    trainer's rule: first strict maximum)."""
+    if not path.exists():
+        return [], 0, None, None
+    rows = _read_csv(path)
+    if not rows:
+        return [], 0, None, None
+    curve = [(int(r["global_step"]), float(r["val_dice"])) for r in rows if r.get("val_dice")]
+    final = rows[-1]["stage"]
+    best_step, best = None, None
+    for row in rows:
+        if row["stage"] == final and row.get("val_dice") and (best is None or float(row["val_dice"]) > best):
+            best_step, best = int(row["step"]), float(row["val_dice"])
+    return curve, int(rows[-1]["global_step"]), best_step, best
+
+
+def run_cost(run_dir: Path) -> dict[str, Any]:
+    """Training wall time summed over attempts (a resumed run pays both parts), peak memory as the maximum."""
+    record = read_record(run_dir)
+    attempts = record["attempts"]
+    trained = [a for a in attempts if a["steps"] > 0]
+
+    def peak(key: str) -> float | None:
+        values = [a[key] for a in trained if a[key] is not None]
+        return max(values) if values else None
+
+    return {
+        "train_wall_s": sum(a["train_wall_s"] for a in trained) if trained else None,
+        "eval_wall_s": sum(e["wall_s"] for e in record["evaluations"].values()) or None,
+        "peak_rss_mb": peak("peak_rss_mb"),
+        "peak_cuda_mb": peak("peak_cuda_mb"),
+        "device": attempts[-1]["device"] if attempts else "",
+        "attempts": len(attempts),
+    }
+
+
+def collect(run: RunSpec, test_limit: int | None, failed: dict[Path, str]) -> RunResult:
+    complete = is_complete(run.run_dir, test_limit)
+    status = "complete" if complete else "failed" if run.run_dir in failed else "incomplete"
+    result = RunResult(run, status)
+    result.curve, result.iterations, result.best_step, result.best_val_dice = read_curve(
+        run.run_dir / "log.csv"
+    )
+    if not complete:
+        return result
+    for rule in RULES:
+        path = summary_csv(run.run_dir, rule)
+        if path.exists():
+            result.summaries[rule], result.test_cases[rule] = read_summary(path)
+    result.cost = run_cost(run.run_dir)
+    return result
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    return {"median": float(np.median(values)), "min": float(np.min(values)), "max": float(np.max(values))}
+
+
+def aggregate(results: Iterable[RunResult], protocol: str) -> list[dict[str, Any]]:
+    """Tidy rows, one per (method, budget, rule, class, metric): median/min/max over the seeds having it."""
+    groups: dict[tuple[str, int, str], list[RunResult]] = {}
+    for result in results:
+        for rule in result.summaries:
+            groups.setdefault((result.run.method, result.run.budget, rule), []).append(result)
+    rows = []
+    for (method, budget, rule), members in groups.items():
+        classes = list(dict.fromkeys(c for m in members for c in m.summaries[rule]))
+        for name in classes:
+            metrics = list(dict.fromkeys(k for m in members for k in m.summaries[rule].get(name, {})))
+            for metric in metrics:
+                present = [m for m in members if metric in m.summaries[rule].get(name, {})]
+                rows.append(
+                    {
+                        "protocol": protocol,
+                        "method": method,
+                        "labeled": budget,
+                        "checkpoint": rule,
+                        "class": name,
+                        "metric": metric,
+                        **_spread([m.summaries[rule][name][metric] for m in present]),
+                        "seeds": " ".join(str(m.run.seed) for m in present),
+                        "n_seeds": len(present),
+                        "test_cases": min(m.test_cases[rule] for m in present),
+                    }
+                )
+    return rows
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "-"
+    scale, digits = (100.0, 1) if row["metric"] in PERCENT else (1.0, 2)
+    median = f"{row['median'] * scale:.{digits}f}"
+    if row["n_seeds"] == 1:
+        return median
+    return f"{median} [{row['min'] * scale:.{digits}f}, {row['max'] * scale:.{digits}f}]"
+
+
+def _table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in body]
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _markdown(
+    spec: BenchSpec, results: list[RunResult], rows: list[dict[str, Any]], failed: dict[Path, str]
+) -> str:
+    described = spec.describe()
+    seeds = ", ".join(str(s) for s in spec.seeds)
+    index = {(r["method"], r["labeled"], r["checkpoint"], r["class"], r["metric"]): r for r in rows}
+    iterations = sorted({r.iterations for r in results if r.status == "complete"})
+    lines = [
+        f"# Leaderboard: protocol `{spec.protocol.name}` on {spec.dataset}",
+        "",
+        f"- protocol `{spec.protocol.name}`: {spec.protocol.description}",
+        f"- methods: {', '.join(spec.methods)}; labeled budgets: {', '.join(map(str, spec.budgets))} "
+        f"patients; seeds: {seeds}",
+        f"- iterations done per run (incl. pre-training stages): {', '.join(map(str, iterations)) or '-'}"
+        + (f"; --iterations {spec.iterations}" if spec.iterations else ""),
+        f"- configs: {described['config_dir']}/<method>.yaml + protocol overrides"
+        + (f" + {' '.join(spec.overrides)}" if spec.overrides else ""),
+        f"- test split: {'first ' + str(spec.test_limit) + ' cases' if spec.test_limit else 'all cases'}",
+        "- cells: median [min, max] over seeds; Dice and Jaccard in %, HD95 and ASD in voxels, papers' "
+        "convention (an empty prediction of a present class scores 0 on all four); leaderboard.csv also "
+        "holds the strict and millimetre variants",
+        f"- generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
+    ]
+    for rule in RULES:
+        groups = [(m, b) for b in spec.budgets for m in spec.methods if (m, b, rule, MEAN, "dice") in index]
+        if not groups:
+            continue
+        classes = list(
+            dict.fromkeys(r["class"] for r in rows if r["checkpoint"] == rule and r["class"] != MEAN)
+        )
+        title = RULE_TITLES[rule]
+        lines += ["", f"## Checkpoint rule: {title} (protocol `{spec.protocol.name}`, seeds {seeds})", ""]
+        header = [
+            "method",
+            "labeled",
+            "seeds",
+            "test cases",
+            *DISPLAY_METRICS.values(),
+            *(f"Dice {c}" for c in classes),
+        ]
+        body = []
+        for method, budget in groups:
+            mean = index[(method, budget, rule, MEAN, "dice")]
+            body.append(
+                [
+                    method,
+                    str(budget),
+                    f"{mean['n_seeds']}/{len(spec.seeds)}",
+                    str(mean["test_cases"]),
+                    *(_cell(index.get((method, budget, rule, MEAN, m))) for m in DISPLAY_METRICS),
+                    *(_cell(index.get((method, budget, rule, c, "dice"))) for c in classes),
+                ]
+            )
+        lines += ["Mean over classes:", "", *_table(header, body), ""]
+        lines += [f"Per class ({title}, protocol `{spec.protocol.name}`, seeds {seeds}):", ""]
+        per_class = [
+            [
+                method,
+                str(budget),
+                name,
+                *(_cell(index.get((method, budget, rule, name, m))) for m in DISPLAY_METRICS),
+            ]
+            for method, budget in groups
+            for name in classes
+        ]
+        lines += _table(["method", "labeled", "class", *DISPLAY_METRICS.values()], per_class)
+    lines += [
+        "",
+        f"## Runs (protocol `{spec.protocol.name}`)",
+        "",
+        "Train time: wall-clock seconds of training (data loading and validation included; summed over "
+        "resumed attempts). Peak RSS: the training process's maximum resident set size (each run trains in "
+        "its own process; '-' when runs shared one). Peak CUDA: torch.cuda.max_memory_allocated.",
+        "",
+    ]
+    body = [
+        [
+            r.run.method,
+            str(r.run.budget),
+            str(r.run.seed),
+            r.status,
+            str(r.iterations),
+            _fmt(r.cost.get("train_wall_s")),
+            _fmt(r.cost.get("eval_wall_s")),
+            _fmt(r.cost.get("peak_rss_mb")),
+            _fmt(r.cost.get("peak_cuda_mb")),
+            r.cost.get("device", ""),
+            "-" if r.best_step is None else str(r.best_step),
+            "-" if r.best_val_dice is None else f"{100 * r.best_val_dice:.1f}",
+        ]
+        for r in results
+    ]
+    header = [
+        "method",
+        "labeled",
+        "seed",
+        "status",
+        "iterations",
+        "train s",
+        "eval s",
+        "peak RSS MiB",
+        "peak CUDA MiB",
+        "device",
+        "best step",
+        "best val Dice %",
+    ]
+    lines += _table(header, body)
+    if failed:
+        lines += ["", "## Failed runs", ""]
+        lines += [f"- {path}: {message}" for path, message in failed.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+LEADERBOARD_COLUMNS = (
+    "protocol",
+    "method",
+    "labeled",
+    "checkpoint",
+    "class",
+    "metric",
+    "median",
+    "min",
+    "max",
+    "n_seeds",
+    "seeds",
+    "test_cases",
+)
+RUN_COLUMNS = (
+    "protocol",
+    "method",
+    "labeled",
+    "seed",
+    "status",
+    "iterations",
+    "train_wall_s",
+    "eval_wall_s",
+    "peak_rss_mb",
+    "peak_cuda_mb",
+    "device",
+    "best_step",
+    "best_val_dice",
+    "run_dir",
+)
+
+
+def _run_rows(results: list[RunResult], protocol: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "protocol": protocol,
+            "method": r.run.method,
+            "labeled": r.run.budget,
+            "seed": r.run.seed,
+            "status": r.status,
+            "iterations": r.iterations,
+            **{
+                key: r.cost.get(key) for key in ("train_wall_s", "eval_wall_s", "peak_rss_mb", "peak_cuda_mb")
+            },
+            "device": r.cost.get("device", ""),
+            "best_step": r.best_step,
+            "best_val_dice": r.best_val_dice,
+            "run_dir": str(r.run.run_dir),
+        }
+        for r in results
+    ]
+
+
+def write_leaderboard(spec: BenchSpec, runs: list[RunSpec], failed: dict[Path, str]) -> list[Path]:
+    """Write the tables and plots of whatever the run folders hold now; returns the files written."""
+    from medsemi.bench.plots import plot_dice_vs_budget, plot_learning_curves
+
+    out = Path(spec.out)
+    results = [collect(run, spec.test_limit, failed) for run in runs]
+    rows = aggregate(results, spec.protocol.name)
+    files = {
+        "leaderboard.md": _markdown(spec, results, rows, failed),
+        "leaderboard.csv": _csv(rows, LEADERBOARD_COLUMNS),
+        "runs.csv": _csv(_run_rows(results, spec.protocol.name), RUN_COLUMNS),
+    }
+    for name, text in files.items():
+        atomic_write_text(out / name, text)
+    title = f"protocol {spec.protocol.name}, {spec.dataset}, seeds {', '.join(map(str, spec.seeds))}"
+    plot_dice_vs_budget(rows, out / "dice_vs_budget.png", title)
+    plot_learning_curves(results, out / "learning_curves.png", title)
+    return [out / name for name in (*files, "dice_vs_budget.png", "learning_curves.png")]

@@ -1,0 +1,122 @@
+"""One bench run: train (or resume) a run folder, evaluate its checkpoints on the test split, record the cost.
+
+Run as `python -m medsemi.bench.worker CONFIG [key=value ...] [--test-limit N]` it is a fresh process that
+does nothing else, so its peak resident set size (`getrusage(RUSAGE_SELF).ru_maxrss`, read right after
+training) is the training's host memory; on a GPU `torch.cuda.max_memory_allocated` is recorded as well.
+Everything lands in <run>/bench.json, appended per attempt, so a resumed run keeps the cost of its first part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medsemi.config import Config, load_config
+from medsemi.engine.checkpoint import atomic_write_text, load_checkpoint
+from medsemi.engine.trainer import resolve_device, train
+from medsemi.eval.evaluate import evaluate_run
+
+RULES = ("best", "last")
+"""Checkpoint rules: best-on-val (checkpoints/best.pt) and the last iterate (checkpoints/last.pt)."""
+
+TEST_SPLIT = "test"
+RECORD = "bench.json"
+
+
+def read_record(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RECORD
+    return json.loads(path.read_text()) if path.exists() else {"attempts": [], "evaluations": {}}
+
+
+def finished(run_dir: Path) -> bool:
+    last = Path(run_dir) / "checkpoints" / "last.pt"
+    return last.exists() and bool(load_checkpoint(last)["state"]["finished"])
+
+
+def available_rules(run_dir: Path) -> list[str]:
+    return [rule for rule in RULES if (Path(run_dir) / "checkpoints" / f"{rule}.pt").exists()]
+
+
+def summary_csv(run_dir: Path, rule: str) -> Path:
+    return Path(run_dir) / "eval" / f"{TEST_SPLIT}_{rule}" / "summary.csv"
+
+
+def pending_evaluations(run_dir: Path, test_limit: int | None) -> list[str]:
+    """Rules whose test summary is missing or was computed on another number of test cases."""
+    evaluations = read_record(run_dir)["evaluations"]
+    return [
+        rule
+        for rule in available_rules(run_dir)
+        if not summary_csv(run_dir, rule).exists() or evaluations.get(rule, {}).get("limit", -1) != test_limit
+    ]
+
+
+def is_complete(run_dir: Path, test_limit: int | None) -> bool:
+    """Trained to the end, costed, and evaluated with this test limit: nothing left to do."""
+    run_dir = Path(run_dir)
+    return (run_dir / RECORD).exists() and finished(run_dir) and not pending_evaluations(run_dir, test_limit)
+
+
+def _global_step(run_dir: Path) -> int:
+    last = run_dir / "checkpoints" / "last.pt"
+    return int(load_checkpoint(last)["state"]["global_step"]) if last.exists() else 0
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def execute(config: Config, test_limit: int | None = None, *, isolated: bool = True) -> dict[str, Any]:
+    """Train/resume `config` to the end, evaluate pending checkpoint rules, append the costs to bench.json.
+
+    isolated: this process runs nothing else, so its peak RSS is the run's (False: not recorded).
+    """
+    run_dir = Path(config.run.dir)
+    device = resolve_device(config.train.device)
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    before = _global_step(run_dir)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    start = time.perf_counter()
+    train(config, resume=True)
+    attempt = {
+        "started": started,
+        "steps": _global_step(run_dir) - before,
+        "train_wall_s": time.perf_counter() - start,
+        "peak_rss_mb": _peak_rss_mb() if isolated else None,
+        "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if on_cuda else None,
+        "device": str(device),
+    }
+    record = read_record(run_dir)
+    record["attempts"].append(attempt)
+    for rule in pending_evaluations(run_dir, test_limit):
+        start = time.perf_counter()
+        evaluate_run(run_dir, split=TEST_SPLIT, checkpoint=rule, limit=test_limit)
+        record["evaluations"][rule] = {"limit": test_limit, "wall_s": time.perf_counter() - start}
+    atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m medsemi.bench.worker", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--test-limit", type=int, default=None)
+    args = parser.parse_args(argv)
+    execute(load_config(args.config, args.overrides), args.test_limit, isolated=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The bench harness: protocols, the grid runner, leaderboard tables and plots, reuse and resume of runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from medsemi.bench.leaderboard import read_summary
+from medsemi.bench.protocols import PAPER, QUICK, Protocol
+from medsemi.bench.runner import BenchError, BenchSpec, plan, run_bench
+from medsemi.cli import main
+from medsemi.config import save_config
+from medsemi.methods.supervised import Supervised
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = Protocol(
+    name="tiny",
+    description="phantom smoke test",
+    datasets=("demo",),
+    overrides=(
+        "data.patch_size=[32, 32]",
+        "data.batch_labeled=2",
+        "data.batch_unlabeled=2",
+        "data.options={n_train_patients: 3, n_val: 1, n_test: 2, n_unlabeled_patients: 1, size: [32, 32]}",
+        "net.options={widths: [4, 8, 16, 32, 64]}",
+        "train.val_every=2",
+        "train.checkpoint_every=2",
+        "eval.batch_size=64",
+    ),
+    iterations=4,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny networks gain nothing from threads; on a shared CPU extra threads only wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _spec(out: Path, methods: tuple[str, ...], seeds: tuple[int, ...], **extra) -> BenchSpec:
+    return BenchSpec(
+        TINY, methods, (2,), seeds, out, dataset="demo", config_dir=REPO / "configs/demo", **extra
+    )
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _mtimes(out: Path) -> dict[Path, int]:
+    return {path: path.stat().st_mtime_ns for path in out.rglob("checkpoints/*.pt")}
+
+
+def test_tiny_bench_writes_leaderboard_csv_plots_and_reuses_finished_runs(tmp_path: Path) -> None:
+    spec = _spec(tmp_path / "bench", ("supervised", "mean_teacher"), (1, 2))
+    first = run_bench(spec, isolate=False, report=lambda _: None)
+    assert len(first.trained) == 4 and not first.reused and not first.failed
+
+    markdown = (spec.out / "leaderboard.md").read_text()
+    assert "protocol `tiny`" in markdown and "seeds 1, 2" in markdown
+    assert "Checkpoint rule: best-on-val" in markdown and "Checkpoint rule: last iterate" in markdown
+    for png in ("dice_vs_budget.png", "learning_curves.png"):
+        assert (spec.out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    rows = _rows(spec.out / "leaderboard.csv")
+    for method in spec.methods:
+        for rule in ("best", "last"):
+            dice = [
+                r for r in rows if r["method"] == method and r["checkpoint"] == rule and r["metric"] == "dice"
+            ]
+            assert {r["class"] for r in dice} == {"RV", "Myo", "LV", "mean"}
+            mean = next(r for r in dice if r["class"] == "mean")
+            assert mean["n_seeds"] == "2" and mean["protocol"] == "tiny" and mean["test_cases"] == "2"
+            per_seed = [
+                read_summary(
+                    spec.out / method / "labeled_2" / f"seed_{s}" / "eval" / f"test_{rule}" / "summary.csv"
+                )
+                for s in (1, 2)
+            ]
+            values = sorted(summary["mean"]["dice"] for summary, _ in per_seed)
+            assert float(mean["min"]) == pytest.approx(values[0])
+            assert float(mean["max"]) == pytest.approx(values[1])
+            assert float(mean["median"]) == pytest.approx(sum(values) / 2)
+            assert f"| {method} | 2 | 2/2 | 2 |" in markdown
+
+    runs = _rows(spec.out / "runs.csv")
+    assert len(runs) == 4 and {r["status"] for r in runs} == {"complete"}
+    assert all(float(r["train_wall_s"]) > 0 and r["iterations"] == "4" for r in runs)
+    assert all(r["peak_rss_mb"] == "" for r in runs)  # runs shared this process: no per-run peak
+
+    stamps = _mtimes(spec.out)
+    second = run_bench(spec, isolate=False, report=lambda _: None)
+    assert not second.trained and len(second.reused) == 4
+    assert _mtimes(spec.out) == stamps
+
+
+def test_failed_run_is_reported_and_resumed_from_its_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _spec(tmp_path / "bench", ("supervised",), (1,))
+    step = Supervised.training_step
+
+    def dies_at_step_3(self, batch, index):
+        if index == 3:
+            raise RuntimeError("simulated crash")
+        return step(self, batch, index)
+
+    monkeypatch.setattr(Supervised, "training_step", dies_at_step_3)
+    first = run_bench(spec, isolate=False, report=lambda _: None)
+    run_dir = spec.out / "supervised" / "labeled_2" / "seed_1"
+    assert list(first.failed) == [run_dir] and "simulated crash" in first.failed[run_dir]
+    assert "## Failed runs" in (spec.out / "leaderboard.md").read_text()
+    assert _rows(spec.out / "runs.csv")[0]["status"] == "failed"
+    assert "simulated crash" in (run_dir / "bench.log").read_text()
+
+    monkeypatch.setattr(Supervised, "training_step", step)
+    second = run_bench(spec, isolate=False, report=lambda _: None)
+    assert second.trained == [run_dir] and not second.failed
+    attempts = json.loads((run_dir / "bench.json").read_text())["attempts"]
+    assert [a["steps"] for a in attempts] == [2]  # resumed from the step-2 checkpoint
+    assert len((run_dir / "log.csv").read_text().splitlines()) == 1 + 4
+
+
+@pytest.mark.slow
+def test_isolated_runs_record_their_peak_memory(tmp_path: Path) -> None:
+    spec = _spec(tmp_path / "bench", ("supervised",), (1,), iterations=2, test_limit=1)
+    outcome = run_bench(spec, isolate=True, report=lambda _: None)
+    assert len(outcome.trained) == 1 and not outcome.failed
+    run = _rows(spec.out / "runs.csv")[0]
+    assert run["status"] == "complete" and run["iterations"] == "2"
+    assert 50 < float(run["peak_rss_mb"]) < 64_000
+    assert {r["test_cases"] for r in _rows(spec.out / "leaderboard.csv")} == {"1"}
+    assert "first 1 cases" in (spec.out / "leaderboard.md").read_text()
+
+
+def test_a_folder_with_other_settings_is_never_reused(tmp_path: Path) -> None:
+    spec = _spec(tmp_path / "bench", ("supervised",), (1,))
+    run = plan(spec)[0]
+    config = run.config()
+    config.optim.lr = 0.5
+    run.run_dir.mkdir(parents=True)
+    save_config(config, run.run_dir / "config.yaml")
+    with pytest.raises(BenchError, match="optim.lr"):
+        run_bench(spec, isolate=False, report=lambda _: None)
+    assert not (run.run_dir / "checkpoints").exists()
+
+
+def _overrides(protocol: Protocol, method: str, **extra) -> dict[str, str]:
+    spec = BenchSpec(
+        protocol, (method,), (3,), (1,), Path("runs/x"), config_dir=REPO / "configs/acdc", **extra
+    )
+    overrides = plan(spec)[0].overrides
+    return dict(item.split("=", 1) for item in overrides)
+
+
+def test_quick_protocol_scales_every_iteration_measured_option() -> None:
+    mean_teacher = _overrides(QUICK, "mean_teacher")
+    assert mean_teacher["train.iterations"] == "1000"
+    assert int(mean_teacher["method.consistency_start"]) == round(1000 * 1000 / 30000)
+    assert mean_teacher["method.iterations_per_epoch"] == "5"  # 200 ramp epochs of 150 -> of 5 iterations
+    assert "method.rampup_epochs" not in mean_teacher
+    assert mean_teacher["data.patch_size"] == "[128, 128]" and mean_teacher["data.labeled"] == "3"
+    bcp = _overrides(QUICK, "bcp", iterations=3000)
+    assert bcp["method.pretrain_iterations"] == "1000"  # 10k pre-training for 30k self-training, kept at 1:3
+    config = plan(BenchSpec(QUICK, ("bcp",), (3,), (1,), Path("x"), config_dir=REPO / "configs/acdc"))[
+        0
+    ].config()
+    assert config.train.iterations == 1000 and config.method["pretrain_iterations"] == 333
+
+
+def test_paper_protocol_keeps_the_configs_and_grid_keys_are_the_grids() -> None:
+    paper = _overrides(PAPER, "mean_teacher")
+    assert paper["train.iterations"] == "30000" and not any(key.startswith("method.") for key in paper)
+    with pytest.raises(BenchError, match="data.labeled"):
+        _overrides(PAPER, "mean_teacher", overrides=("data.labeled=7",))
+    with pytest.raises(BenchError, match="not 'la'"):
+        plan(BenchSpec(QUICK, ("supervised",), (8,), (1,), Path("x"), dataset="la"))
+
+
+def test_cli_bench_reports_input_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "bench")
+    assert main(["bench", "--methods", "supervised", "--out", out, "seed=4"]) == 2
+    assert "set by the bench grid" in capsys.readouterr().err
+    assert main(["bench", "--methods", "no_such_method", "--out", out]) == 2
+    assert "no_such_method" in capsys.readouterr().err
