@@ -175,7 +175,6 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 def _markdown(
     spec: BenchSpec, results: list[RunResult], rows: list[dict[str, Any]], failed: dict[Path, str]
 ) -> str:
-    described = spec.describe()
     seeds = ", ".join(str(s) for s in spec.seeds)
     index = {(r["method"], r["labeled"], r["checkpoint"], r["class"], r["metric"]): r for r in rows}
     iterations = sorted({r.iterations for r in results if r.status == "complete"})
@@ -187,7 +186,7 @@ def _markdown(
         f"patients; seeds: {seeds}",
         f"- iterations done per run (incl. pre-training stages): {', '.join(map(str, iterations)) or '-'}"
         + (f"; --iterations {spec.iterations}" if spec.iterations else ""),
-        f"- configs: {described['config_dir']}/<method>.yaml + protocol overrides"
+        f"- configs: {spec.config_folder}/<method>.yaml + protocol overrides"
         + (f" + {' '.join(spec.overrides)}" if spec.overrides else ""),
         f"- test split: {'first ' + str(spec.test_limit) + ' cases' if spec.test_limit else 'all cases'}",
         "- cells: median [min, max] over seeds; Dice and Jaccard in %, HD95 and ASD in voxels, papers' "

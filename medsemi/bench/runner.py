@@ -22,6 +22,7 @@ from typing import Any
 from medsemi.bench.protocols import Protocol, scaled_options
 from medsemi.bench.worker import execute, is_complete
 from medsemi.config import Config, config_to_dict, load_config, parse_overrides
+from medsemi.engine.checkpoint import atomic_write_text
 
 GRID_KEYS = ("seed", "data.labeled", "run.dir", "train.iterations")
 """Set by the grid (and --iterations); a user override of one of them would silently break the table."""
@@ -51,20 +52,23 @@ class BenchSpec:
     overrides: tuple[str, ...] = ()
     test_limit: int | None = None
 
+    @property
+    def config_folder(self) -> Path:
+        return Path(self.config_dir or Path("configs") / self.dataset)
+
     def base_config(self, method: str) -> Path:
-        folder = self.config_dir or Path("configs") / self.dataset
-        path = Path(folder) / f"{method}.yaml"
+        path = self.config_folder / f"{method}.yaml"
         if not path.exists():
             raise BenchError(f"{path}: no config for method {method!r}; every benched method needs one")
         return path
 
     def describe(self) -> dict[str, Any]:
-        """What the tables' headers name (JSON-able)."""
+        """The settings as JSON-able values (written to <out>/bench.json)."""
         values = asdict(self)
         values["protocol"] = self.protocol.name
         values["protocol_description"] = self.protocol.description
         values["out"] = str(self.out)
-        values["config_dir"] = str(self.config_dir or Path("configs") / self.dataset)
+        values["config_dir"] = str(self.config_folder)
         return values
 
 
@@ -206,8 +210,7 @@ def run_bench(
     outcome = BenchOutcome(runs)
     for run in runs:
         check_existing(run)
-    Path(spec.out).mkdir(parents=True, exist_ok=True)
-    (Path(spec.out) / "bench.json").write_text(json.dumps(spec.describe(), indent=1, default=str) + "\n")
+    atomic_write_text(Path(spec.out) / "bench.json", json.dumps(spec.describe(), indent=1) + "\n")
     for index, run in enumerate(runs, 1):
         name = f"[{index}/{len(runs)}] {run.method} labeled={run.budget} seed={run.seed}"
         if is_complete(run.run_dir, spec.test_limit):
@@ -222,9 +225,10 @@ def run_bench(
         except Exception as error:  # one broken run must not lose the others' results
             outcome.failed[run.run_dir] = str(error)
             report(f"{name}: FAILED ({error}); see {run.run_dir / 'bench.log'}")
-            continue
-        outcome.trained.append(run.run_dir)
-        report(f"{name}: done in {time.perf_counter() - start:.0f} s")
+        else:
+            outcome.trained.append(run.run_dir)
+            report(f"{name}: done in {time.perf_counter() - start:.0f} s")
+        write_leaderboard(spec, runs, outcome.failed)  # partial tables while a long bench runs
     outcome.files = write_leaderboard(spec, runs, outcome.failed)
     return outcome
 

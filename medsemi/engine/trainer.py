@@ -50,6 +50,8 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse to write into another run's folder unless asked to resume it or to replace it."""
     if run_dir.exists() and any(run_dir.iterdir()):
         if resume:
+            for stale in run_dir.glob("**/.*.tmp"):  # a write killed before its rename
+                stale.unlink()
             return
         if not overwrite:
             raise RunExistsError(

@@ -192,3 +192,31 @@ def test_cli_bench_reports_input_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert "set by the bench grid" in capsys.readouterr().err
     assert main(["bench", "--methods", "no_such_method", "--out", out]) == 2
     assert "no_such_method" in capsys.readouterr().err
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_quick_protocol_runs_on_real_acdc(acdc_root: Path, tmp_path: Path) -> None:
+    """The quick protocol's settings on the real data, BCP (two stages, scaled pre-training), 2 iterations."""
+    spec = BenchSpec(
+        QUICK,
+        ("bcp",),
+        (3,),
+        (1,),
+        tmp_path / "bench",
+        config_dir=REPO / "configs/acdc",
+        iterations=2,
+        overrides=(f"data.root={acdc_root}", "train.val_limit=2"),
+        test_limit=2,
+    )
+    outcome = run_bench(spec, isolate=False, report=lambda _: None)
+    assert not outcome.failed, outcome.failed
+    run_dir = outcome.trained[0]
+    log = _rows(run_dir / "log.csv")
+    assert [row["stage"] for row in log] == ["pretrain", "selftrain", "selftrain"]
+    mean = next(
+        r
+        for r in _rows(spec.out / "leaderboard.csv")
+        if r["checkpoint"] == "best" and r["class"] == "mean" and r["metric"] == "dice"
+    )
+    assert mean["test_cases"] == "2" and 0.0 <= float(mean["median"]) <= 1.0
