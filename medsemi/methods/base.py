@@ -7,13 +7,15 @@ hyper-parameters from its own `Options` dataclass (the `method:` section of the 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
 from medsemi.data.cases import DatasetInfo
+from medsemi.engine.ema import make_teacher
 from medsemi.nets.registry import create_net
 from medsemi.registry import Registry
 
@@ -81,6 +83,7 @@ class Method(nn.Module):
 
     def __init__(self, options: MethodOptions, context: MethodContext) -> None:
         super().__init__()
+        check_choices(self.registry_name or type(self).__name__, options)
         self.options = options
         self.context = context
         self.diagnostics: dict[str, float] = {}
@@ -120,6 +123,45 @@ class Method(nn.Module):
     def log(self, name: str, value: float | Tensor) -> None:
         """Record a diagnostic (not a loss) for the training log."""
         self.diagnostics[name] = float(value)
+
+
+class StudentMethod(Method):
+    """One trained network, `student`, built from the configured backbone: the predictor and the only
+    optimised module."""
+
+    def __init__(self, options: MethodOptions, context: MethodContext) -> None:
+        super().__init__(options, context)
+        self.student = context.build_net()
+
+    def predictor(self) -> nn.Module:
+        return self.student
+
+    def optimised_modules(self) -> dict[str, nn.Module]:
+        return {"student": self.student}
+
+
+class StudentTeacherMethod(StudentMethod):
+    """A student plus its EMA `teacher` (a frozen copy that only `after_step` moves)."""
+
+    def __init__(self, options: MethodOptions, context: MethodContext) -> None:
+        super().__init__(options, context)
+        self.teacher = make_teacher(self.student)
+
+    def ensemble_members(self) -> list[nn.Module]:
+        return [self.student, self.teacher]
+
+    def ema_teachers(self) -> list[nn.Module]:
+        return [self.teacher]
+
+
+def check_choices(method: str, options: MethodOptions) -> None:
+    """Options typed `Literal[...]` name a variant: a value outside it fails at construction, naming both."""
+    hints = typing.get_type_hints(type(options))
+    for option in dataclasses.fields(options):
+        hint = hints[option.name]
+        value = getattr(options, option.name)
+        if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+            raise ValueError(f"{method}: {option.name} must be one of {typing.get_args(hint)}, got {value!r}")
 
 
 METHODS: Registry[Method] = Registry("method")

@@ -11,16 +11,17 @@ the ACDC script for 2D data and the LA script for 3D data (docs/methods/bcp.md l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medsemi.data.mixing import Source, box_mask, copy_paste
-from medsemi.engine.ema import ema_update, make_teacher
+from medsemi.engine.ema import ema_update
 from medsemi.eval.postprocess import largest_component_torch
 from medsemi.losses import one_hot, per_sample_dice_loss, soft_dice_loss
-from medsemi.methods.base import Batch, Method, MethodContext, MethodOptions, Stage, register_method
+from medsemi.methods.base import Batch, MethodContext, MethodOptions, Stage, StudentTeacherMethod, register_method
 
 DICE_VARIANTS = ("batch_squared_bg_unmasked", "batch_squared", "sample_linear")
 AUTO = {
@@ -55,7 +56,7 @@ class BCPOptions(MethodOptions):
     alpha: float = 0.5
     ema_decay: float = 0.99
     ema_scope: str = "auto"
-    teacher_mode: str = "train"
+    teacher_mode: Literal["train", "eval"] = "train"
     lcc: bool = True
     threshold: float = 0.5
     dice: str = "auto"
@@ -79,7 +80,7 @@ def _forward(net: nn.Module, *sub_batches: Tensor) -> list[Tensor]:
 
 
 @register_method("bcp")
-class BCP(Method):
+class BCP(StudentTeacherMethod):
     Options = BCPOptions
 
     def __init__(self, options: BCPOptions, context: MethodContext) -> None:
@@ -91,14 +92,10 @@ class BCP(Method):
             resolved[name] = AUTO[name][dims] if value == "auto" else value
             if resolved[name] not in choices:
                 raise ValueError(f"bcp: {name}={value!r} is not one of {('auto', *choices)}")
-        if options.teacher_mode not in ("train", "eval"):
-            raise ValueError(f"bcp: teacher_mode={options.teacher_mode!r} is not one of ('train', 'eval')")
         self.dice_variant: str = resolved["dice"]
         self.ema_buffers = resolved["ema_scope"] == "state"
         self.pretrain_regions = resolved["pretrain_loss"] == "regions"
         self.num_classes = context.info.num_classes
-        self.student = context.build_net()
-        self.teacher = make_teacher(self.student)
         # Part of the state_dict, so a run resumed inside self-training knows where it is.
         self.register_buffer("selftraining", torch.tensor(False))
 
@@ -194,15 +191,3 @@ class BCP(Method):
     def after_step(self, step: int) -> None:
         if bool(self.selftraining):
             ema_update(self.teacher, self.student, self.options.ema_decay, step, buffers=self.ema_buffers, warmup=False)
-
-    def predictor(self) -> nn.Module:
-        return self.student
-
-    def ensemble_members(self) -> list[nn.Module]:
-        return [self.student, self.teacher]
-
-    def ema_teachers(self) -> list[nn.Module]:
-        return [self.teacher]
-
-    def optimised_modules(self) -> dict[str, nn.Module]:
-        return {"student": self.student}

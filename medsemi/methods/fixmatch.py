@@ -9,18 +9,20 @@ of all pixels (vit_ssl.md §3.1), so images with few confident pixels weigh less
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from medsemi.losses import ce_dice_loss, masked_cross_entropy, soft_dice_loss
-from medsemi.methods.base import Batch, Method, MethodContext, MethodOptions, register_method
+from medsemi.methods.base import Batch, MethodContext, MethodOptions, StudentMethod, register_method
 
-PSEUDO_LOSSES = ("ce", "ce_dice")
-GEOMETRIES = ("none", "dihedral")
+PseudoLoss = Literal["ce", "ce_dice"]
+PSEUDO_LOSSES = typing.get_args(PseudoLoss)
 
 
 @contextmanager
@@ -43,9 +45,7 @@ def confident_labels(logits: Tensor) -> tuple[Tensor, Tensor]:
 
 def strong_view(batch: Batch) -> Tensor:
     if batch.image_u_strong is None:
-        raise ValueError(
-            "this method needs batch.image_u_strong (the stream's strong view) but it is missing"
-        )
+        raise ValueError("this method needs batch.image_u_strong (the stream's strong view) but it is missing")
     return batch.image_u_strong
 
 
@@ -75,9 +75,7 @@ def apply_dihedral(x: Tensor, k: Tensor, flip: Tensor) -> Tensor:
     Works for images (B, C, ...), label maps and confidence maps (B, ...) alike, so a strong view and its
     pseudo-label map get exactly the same transform (exact: no interpolation).
     """
-    rotated = torch.stack(
-        [torch.rot90(sample, int(turns), dims=(-2, -1)) for sample, turns in zip(x, k, strict=True)]
-    )
+    rotated = torch.stack([torch.rot90(sample, int(turns), dims=(-2, -1)) for sample, turns in zip(x, k, strict=True)])
     return torch.where(flip.to(x.device).view(-1, *[1] * (x.dim() - 1)), rotated.flip(-1), rotated)
 
 
@@ -85,12 +83,12 @@ def apply_dihedral(x: Tensor, k: Tensor, flip: Tensor) -> Tensor:
 class FixMatchOptions(MethodOptions):
     threshold: float = 0.95
     unsup_weight: float = 1.0
-    unsup_loss: str = "ce"
-    strong_geometry: str = "none"
+    unsup_loss: PseudoLoss = "ce"
+    strong_geometry: Literal["none", "dihedral"] = "none"
 
 
 @register_method("fixmatch")
-class FixMatch(Method):
+class FixMatch(StudentMethod):
     """One student: its weak-view argmax (where max-prob >= threshold) supervises its strong view.
 
     Labeled, weak and strong images go through one forward, as in FixMatch (shared BN statistics).
@@ -103,15 +101,6 @@ class FixMatch(Method):
 
     def __init__(self, options: FixMatchOptions, context: MethodContext) -> None:
         super().__init__(options, context)
-        if options.unsup_loss not in PSEUDO_LOSSES:
-            raise ValueError(
-                f"fixmatch: unsup_loss must be one of {PSEUDO_LOSSES}, got {options.unsup_loss!r}"
-            )
-        if options.strong_geometry not in GEOMETRIES:
-            raise ValueError(
-                f"fixmatch: strong_geometry must be one of {GEOMETRIES}, got {options.strong_geometry!r}"
-            )
-        self.student = context.build_net()
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
         o = self.options
@@ -128,12 +117,5 @@ class FixMatch(Method):
         self.log("mask_ratio", mask.mean())
         return {
             "supervised": ce_dice_loss(logits[:n_l], batch.label_l),
-            "unsupervised": o.unsup_weight
-            * pseudo_label_loss(logits[n_l + n_u :], labels, mask, o.unsup_loss),
+            "unsupervised": o.unsup_weight * pseudo_label_loss(logits[n_l + n_u :], labels, mask, o.unsup_loss),
         }
-
-    def predictor(self) -> nn.Module:
-        return self.student
-
-    def optimised_modules(self) -> dict[str, nn.Module]:
-        return {"student": self.student}

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from medsemi.engine.ema import ema_update, make_teacher
+from medsemi.engine.ema import ema_update
 from medsemi.losses import ce_dice_loss, consistency_weight
-from medsemi.methods.base import Batch, Method, MethodContext, MethodOptions, register_method
+from medsemi.methods.base import Batch, MethodOptions, StudentTeacherMethod, register_method
 
 
 @dataclass
@@ -25,18 +25,13 @@ class MeanTeacherOptions(MethodOptions):
 
 
 @register_method("mean_teacher")
-class MeanTeacher(Method):
+class MeanTeacher(StudentTeacherMethod):
     """Student on labeled + unlabeled; softmax MSE to an EMA teacher that sees the unlabeled images plus noise.
 
     SSL4MIS 2D switches consistency off for the first 1000 iterations (`consistency_start`; 0 in 3D).
     """
 
     Options = MeanTeacherOptions
-
-    def __init__(self, options: MeanTeacherOptions, context: MethodContext) -> None:
-        super().__init__(options, context)
-        self.student = context.build_net()
-        self.teacher = make_teacher(self.student)
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
         o = self.options
@@ -58,15 +53,3 @@ class MeanTeacher(Method):
 
     def after_step(self, step: int) -> None:
         ema_update(self.teacher, self.student, self.options.ema_decay, step, buffers=self.options.ema_buffers)
-
-    def predictor(self) -> nn.Module:
-        return self.student
-
-    def ensemble_members(self) -> list[nn.Module]:
-        return [self.student, self.teacher]
-
-    def ema_teachers(self) -> list[nn.Module]:
-        return [self.teacher]
-
-    def optimised_modules(self) -> dict[str, nn.Module]:
-        return {"student": self.student}

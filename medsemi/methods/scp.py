@@ -10,17 +10,15 @@ an MSE to the CPP weighted per pixel by the SPP confidence and by the vote agree
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from medsemi.losses import consistency_weight, one_hot, soft_dice_loss
-from medsemi.methods.base import Batch, Method, MethodContext, MethodOptions, register_method
+from medsemi.methods.base import Batch, MethodContext, MethodOptions, StudentMethod, register_method
 from medsemi.methods.prototypes import prototype_predictions
-
-CROSS_WEIGHTS = ("agreement", "disagreement")
-DICE_VARIANTS = ("standard", "code")
 
 
 @dataclass
@@ -35,8 +33,8 @@ class SCPOptions(MethodOptions):
     consistency: float = 0.1
     rampup_epochs: float = 1000.0
     iterations_per_epoch: int = 150
-    cross_weight: str = "agreement"
-    dice: str = "standard"
+    cross_weight: Literal["agreement", "disagreement"] = "agreement"
+    dice: Literal["standard", "code"] = "standard"
 
 
 def unscaled_dice_loss(probs: Tensor, labels: Tensor) -> Tensor:
@@ -52,23 +50,18 @@ def unscaled_dice_loss(probs: Tensor, labels: Tensor) -> Tensor:
 
 
 @register_method("scp")
-class SCP(Method):
+class SCP(StudentMethod):
     """Supervised 0.5 (CE + Dice) on the labeled images; SPCC and CPCC on all images, labeled included."""
 
     Options = SCPOptions
 
     def __init__(self, options: SCPOptions, context: MethodContext) -> None:
         super().__init__(options, context)
-        if options.cross_weight not in CROSS_WEIGHTS:
-            raise ValueError(f"scp: cross_weight must be in {CROSS_WEIGHTS}, got {options.cross_weight!r}")
-        if options.dice not in DICE_VARIANTS:
-            raise ValueError(f"scp: dice must be one of {DICE_VARIANTS}, got {options.dice!r}")
-        self.net = context.build_net()
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
         o = self.options
         n_labeled = batch.image_l.shape[0]
-        logits, features = self.net(torch.cat([batch.image_l, batch.image_u]), return_features=True)
+        logits, features = self.student(torch.cat([batch.image_l, batch.image_u]), return_features=True)
         probs = logits.softmax(1)
         # Every prototype-derived term is a detached target, so the branch needs no graph.
         with torch.no_grad(), torch.autocast(features.device.type, enabled=False):
@@ -91,9 +84,3 @@ class SCP(Method):
             "self_consistency": 0.5 * weight * self_consistency,
             "cross_consistency": 0.5 * weight * cross_consistency,
         }
-
-    def predictor(self) -> nn.Module:
-        return self.net
-
-    def optimised_modules(self) -> dict[str, nn.Module]:
-        return {"net": self.net}

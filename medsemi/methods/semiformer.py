@@ -11,7 +11,9 @@ confident) or "more_confident" (per pixel, the head with the larger max-probabil
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -19,22 +21,21 @@ from torch import Tensor, nn
 from medsemi.losses import ce_dice_loss
 from medsemi.methods.base import Batch, Method, MethodContext, MethodOptions, register_method
 from medsemi.methods.fixmatch import (
-    PSEUDO_LOSSES,
+    PseudoLoss,
     confident_labels,
     eval_mode,
     pseudo_label_loss,
     strong_view,
 )
-from medsemi.nets.dual_stream import HEADS, DualStreamNet
+from medsemi.nets.dual_stream import DualStreamNet
 
-LABEL_SOURCES = ("cnn", "transformer", "cross", "agree", "more_confident")
+LabelSource = Literal["cnn", "transformer", "cross", "agree", "more_confident"]
+LABEL_SOURCES = typing.get_args(LabelSource)
 
 PseudoLabels = tuple[Tensor, Tensor]
 
 
-def fuse_pseudo_labels(
-    cnn_logits: Tensor, token_logits: Tensor, source: str
-) -> tuple[PseudoLabels, PseudoLabels]:
+def fuse_pseudo_labels(cnn_logits: Tensor, token_logits: Tensor, source: str) -> tuple[PseudoLabels, PseudoLabels]:
     """(labels, confidence) targets for the CNN head and for the transformer head, from both heads' logits.
 
     A confidence of 0 marks a pixel that no threshold admits (the heads disagree under "agree").
@@ -78,11 +79,11 @@ class SemiformerOptions(MethodOptions):
     unsup_weight: float = 0.57
     cnn_ratio: float = 1.0
     transformer_ratio: float = 1.0
-    label_source: str = "cnn"
+    label_source: LabelSource = "cnn"
     burnin_fraction: float = 0.05
     pseudo_label_eval_mode: bool = True
-    unsup_loss: str = "ce"
-    predictor: str = "cnn"
+    unsup_loss: PseudoLoss = "ce"
+    predictor: Literal["cnn", "transformer", "mean"] = "cnn"
 
 
 @register_method("semiformer")
@@ -95,16 +96,6 @@ class Semiformer(Method):
 
     def __init__(self, options: SemiformerOptions, context: MethodContext) -> None:
         super().__init__(options, context)
-        if options.label_source not in LABEL_SOURCES:
-            raise ValueError(
-                f"semiformer: label_source must be one of {LABEL_SOURCES}, got {options.label_source!r}"
-            )
-        if options.unsup_loss not in PSEUDO_LOSSES:
-            raise ValueError(
-                f"semiformer: unsup_loss must be one of {PSEUDO_LOSSES}, got {options.unsup_loss!r}"
-            )
-        if options.predictor not in HEADS:
-            raise ValueError(f"semiformer: predictor must be one of {HEADS}, got {options.predictor!r}")
         if context.net.name == "dual_stream":
             net = context.build_net()
         elif context.net.name == "unet":

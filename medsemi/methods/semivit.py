@@ -14,18 +14,21 @@ soft, with Semi-ViT's label smoothing. An optional supervised warm-start stage p
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from medsemi.data.mixing import box_mask, paste
-from medsemi.engine.ema import ema_update, make_teacher
+from medsemi.engine.ema import ema_update
 from medsemi.losses import ce_dice_loss, masked_cross_entropy, one_hot
-from medsemi.methods.base import Batch, Method, MethodContext, MethodOptions, Stage, register_method
+from medsemi.methods.base import Batch, MethodContext, MethodOptions, Stage, StudentTeacherMethod, register_method
 from medsemi.methods.fixmatch import confident_labels, eval_mode, strong_view
 
-MIXUP_MODES = ("cutmix", "pixel_mixup", "none")
+MixupMode = Literal["cutmix", "pixel_mixup", "none"]
+MIXUP_MODES = typing.get_args(MixupMode)
 
 
 @dataclass
@@ -81,9 +84,7 @@ def probabilistic_pseudo_mixup(
         image = weight * images + (1 - weight) * images[partner_on_device]
         own = smooth_one_hot(labels, num_classes, smoothing)
         target = weight * own + (1 - weight) * own[partner_on_device]
-        return PseudoMix(
-            image, target, torch.maximum(confidence, other_conf), lam.flatten(1).mean(1), partner
-        )
+        return PseudoMix(image, target, torch.maximum(confidence, other_conf), lam.flatten(1).mean(1), partner)
     raise ValueError(f"unknown pseudo mixup mode {mode!r}; known: {MIXUP_MODES}")
 
 
@@ -101,13 +102,13 @@ class SemiViTOptions(MethodOptions):
     teacher_eval_mode: bool = True
     threshold: float = 0.95
     unsup_weight: float = 1.0
-    pseudo_mixup: str = "cutmix"
+    pseudo_mixup: MixupMode = "cutmix"
     label_smoothing: float = 0.1
     warmstart_iterations: int = 0
 
 
 @register_method("semivit")
-class SemiViT(Method):
+class SemiViT(StudentTeacherMethod):
     """Student + EMA teacher on the configured backbone (swin_unetr for the paper's ViT setting, or unet)."""
 
     Options = SemiViTOptions
@@ -115,12 +116,6 @@ class SemiViT(Method):
 
     def __init__(self, options: SemiViTOptions, context: MethodContext) -> None:
         super().__init__(options, context)
-        if options.pseudo_mixup not in MIXUP_MODES:
-            raise ValueError(
-                f"semivit: pseudo_mixup must be one of {MIXUP_MODES}, got {options.pseudo_mixup!r}"
-            )
-        self.student = context.build_net()
-        self.teacher = make_teacher(self.student)
         # Persisted, so a run resumed inside a stage knows which one it is (start_stage is not called then).
         self.register_buffer("warming_up", torch.tensor(False))
 
@@ -166,15 +161,3 @@ class SemiViT(Method):
     def after_step(self, step: int) -> None:
         o = self.options
         ema_update(self.teacher, self.student, o.ema_decay, step, buffers=o.ema_buffers, warmup=o.ema_warmup)
-
-    def predictor(self) -> nn.Module:
-        return self.student
-
-    def ensemble_members(self) -> list[nn.Module]:
-        return [self.student, self.teacher]
-
-    def ema_teachers(self) -> list[nn.Module]:
-        return [self.teacher]
-
-    def optimised_modules(self) -> dict[str, nn.Module]:
-        return {"student": self.student}
