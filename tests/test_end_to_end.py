@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import csv
-import os
-import signal
-import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -42,7 +39,7 @@ def _acdc_overrides(acdc_root: Path, run_dir: Path) -> list[str]:
 
 
 def test_acdc_mean_teacher_trains_is_killed_resumes_and_evaluates_40_test_volumes(
-    acdc_root: Path, tmp_path: Path
+    acdc_root: Path, tmp_path: Path, kill_at_first_checkpoint: Callable[..., None]
 ) -> None:
     run_dir = tmp_path / "mt"
     overrides = _acdc_overrides(acdc_root, run_dir)
@@ -54,13 +51,8 @@ def test_acdc_mean_teacher_trains_is_killed_resumes_and_evaluates_40_test_volume
         str(REPO / "configs/acdc/mean_teacher.yaml"),
         *overrides,
     ]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     last = run_dir / "checkpoints" / "last.pt"
-    deadline = time.time() + 300
-    while not last.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_at_first_checkpoint(command, last, 300)
     killed_at = load_checkpoint(last)["state"]["global_step"]
     assert 0 < killed_at < 30
 

@@ -46,9 +46,7 @@ def _one_thread() -> Iterator[None]:
 
 
 def _spec(out: Path, methods: tuple[str, ...], seeds: tuple[int, ...], **extra) -> BenchSpec:
-    return BenchSpec(
-        TINY, methods, (2,), seeds, out, dataset="demo", config_dir=REPO / "configs/demo", **extra
-    )
+    return BenchSpec(TINY, methods, (2,), seeds, out, dataset="demo", config_dir=REPO / "configs/demo", **extra)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -74,16 +72,12 @@ def test_tiny_bench_writes_leaderboard_csv_plots_and_reuses_finished_runs(tmp_pa
     rows = _rows(spec.out / "leaderboard.csv")
     for method in spec.methods:
         for rule in ("best", "last"):
-            dice = [
-                r for r in rows if r["method"] == method and r["checkpoint"] == rule and r["metric"] == "dice"
-            ]
+            dice = [r for r in rows if r["method"] == method and r["checkpoint"] == rule and r["metric"] == "dice"]
             assert {r["class"] for r in dice} == {"RV", "Myo", "LV", "mean"}
             mean = next(r for r in dice if r["class"] == "mean")
             assert mean["n_seeds"] == "2" and mean["protocol"] == "tiny" and mean["test_cases"] == "2"
             per_seed = [
-                read_summary(
-                    spec.out / method / "labeled_2" / f"seed_{s}" / "eval" / f"test_{rule}" / "summary.csv"
-                )
+                read_summary(spec.out / method / "labeled_2" / f"seed_{s}" / "eval" / f"test_{rule}" / "summary.csv")
                 for s in (1, 2)
             ]
             values = sorted(summary["mean"]["dice"] for summary, _ in per_seed)
@@ -155,9 +149,7 @@ def test_a_folder_with_other_settings_is_never_reused(tmp_path: Path) -> None:
 
 
 def _overrides(protocol: Protocol, method: str, **extra) -> dict[str, str]:
-    spec = BenchSpec(
-        protocol, (method,), (3,), (1,), Path("runs/x"), config_dir=REPO / "configs/acdc", **extra
-    )
+    spec = BenchSpec(protocol, (method,), (3,), (1,), Path("runs/x"), config_dir=REPO / "configs/acdc", **extra)
     overrides = plan(spec)[0].overrides
     return dict(item.split("=", 1) for item in overrides)
 
@@ -171,9 +163,7 @@ def test_quick_protocol_scales_every_iteration_measured_option() -> None:
     assert mean_teacher["data.patch_size"] == "[128, 128]" and mean_teacher["data.labeled"] == "3"
     bcp = _overrides(QUICK, "bcp", iterations=3000)
     assert bcp["method.pretrain_iterations"] == "1000"  # 10k pre-training for 30k self-training, kept at 1:3
-    config = plan(BenchSpec(QUICK, ("bcp",), (3,), (1,), Path("x"), config_dir=REPO / "configs/acdc"))[
-        0
-    ].config()
+    config = plan(BenchSpec(QUICK, ("bcp",), (3,), (1,), Path("x"), config_dir=REPO / "configs/acdc"))[0].config()
     assert config.train.iterations == 1000 and config.method["pretrain_iterations"] == 333
 
 

@@ -138,9 +138,7 @@ def _worker(out: Path) -> None:
     probe = Trainer(config_from_dict(_probe_config(out / "probe_ddp")))
     probe.fit()
     torch.save(probe.method.state_dict(), out / f"probe_rank{rank}.pt")
-    teacher = Trainer(
-        load_config(REPO / "configs/demo/mean_teacher.yaml", _mean_teacher_overrides(out / "mt"))
-    )
+    teacher = Trainer(load_config(REPO / "configs/demo/mean_teacher.yaml", _mean_teacher_overrides(out / "mt")))
     teacher.fit()
     torch.save(teacher.method.state_dict(), out / f"mt_rank{rank}.pt")
     dist.destroy_process_group()

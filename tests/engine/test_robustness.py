@@ -112,9 +112,7 @@ def test_a_mask_that_fails_to_write_leaves_no_file(tmp_path: Path, monkeypatch: 
     assert [p.name for p in tmp_path.iterdir()] == ["scan.nii.gz"]
 
 
-def test_diverging_loss_stops_with_a_clear_message(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_diverging_loss_stops_with_a_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = tmp_path / "run"
     arguments = ["train", str(REPO / "configs/demo/supervised.yaml"), *TINY, "optim.lr=1e30"]
     arguments += ["train.iterations=20", "train.checkpoint_every=1", f"run.dir={run_dir}"]

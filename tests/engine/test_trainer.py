@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,9 +31,7 @@ def _config(run_dir: Path, *extra: str):
 
 
 def test_run_folder_holds_config_log_checkpoints_and_evaluation(tmp_path: Path) -> None:
-    run_dir = train(
-        _config(tmp_path / "run", "train.iterations=6", "train.val_every=3", "train.checkpoint_every=3")
-    )
+    run_dir = train(_config(tmp_path / "run", "train.iterations=6", "train.val_every=3", "train.checkpoint_every=3"))
     assert (run_dir / "config.yaml").exists()
     log = (run_dir / "log.csv").read_text().splitlines()
     assert log[0].startswith("stage,step,global_step,lr,loss,val_dice")
@@ -71,20 +67,15 @@ def test_learning_rate_schedules() -> None:
     assert learning_rate(step, 5000, 15000) == pytest.approx(0.0001)
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, kill_at_first_checkpoint: Callable[..., None]) -> None:
     """SIGKILL a real `medsemi train` process mid-run; --resume must end where an uninterrupted run ends."""
     extra = ["train.iterations=40", "train.checkpoint_every=4", "train.val_split=none"]
     reference = train(_config(tmp_path / "reference", *extra))
     run_dir = tmp_path / "killed"
     command = [sys.executable, "-m", "medsemi.cli", "train", str(REPO / "configs/demo/mean_teacher.yaml")]
     command += [*TINY, *extra, f"run.dir={run_dir}"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run_dir / "checkpoints" / "last.pt"
-    deadline = time.time() + 120
-    while not last.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_at_first_checkpoint(command, last, 120)
     killed_at = load_checkpoint(last)["state"]["global_step"]
     assert killed_at < 40, "the run finished before it could be killed; make it longer"
     train(_config(run_dir, *extra), resume=True)

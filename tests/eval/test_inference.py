@@ -62,9 +62,7 @@ def test_window_starts_cover_the_axis_and_end_flush():
     assert window_starts(40, 40, 18) == [0]
 
 
-@pytest.mark.parametrize(
-    "shape, patch, stride", [((10, 7), (4, 4), (3, 2)), ((9, 5, 6), (4, 8, 3), (2, 3, 2))]
-)
+@pytest.mark.parametrize("shape, patch, stride", [((10, 7), (4, 4), (3, 2)), ((9, 5, 6), (4, 8, 3), (2, 3, 2))])
 def test_sliding_window_matches_ua_mt_reference(shape, patch, stride):
     net = PositionNet(patch).eval()
     image = np.random.default_rng(0).normal(size=shape).astype(np.float32)
@@ -112,9 +110,7 @@ def test_predict_slices_reproduces_the_papers_pipeline():
 def test_predict_case_dispatch():
     net2d, net3d = pointwise_net(2), pointwise_net(3)
     volume = torch.randn(1, 4, 12, 10)
-    torch.testing.assert_close(
-        predict_case(net2d, volume, 2, (16, 16)), predict_slices(net2d, volume, (16, 16))
-    )
+    torch.testing.assert_close(predict_case(net2d, volume, 2, (16, 16)), predict_slices(net2d, volume, (16, 16)))
     whole = predict_case(net3d, volume, 3)
     torch.testing.assert_close(whole, torch.softmax(net3d(volume[None]), 1)[0])
     torch.testing.assert_close(predict_case(net3d, volume, 3, (4, 8, 8), (2, 4, 4)), whole)

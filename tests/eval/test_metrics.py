@@ -226,6 +226,4 @@ def test_parity_and_speed_on_real_volumes(acdc_root: Path, la_root: Path):
     rows = case_metrics(shifted, labels, num_classes=4)
     for c in (1, 2, 3):
         dice, jaccard, hd95, asd = medpy_reference(shifted == c, labels == c)
-        assert (rows[c]["dice"], rows[c]["hd95"], rows[c]["asd"]) == pytest.approx(
-            (dice, hd95, asd), rel=1e-12
-        )
+        assert (rows[c]["dice"], rows[c]["hd95"], rows[c]["asd"]) == pytest.approx((dice, hd95, asd), rel=1e-12)

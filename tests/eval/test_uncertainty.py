@@ -50,9 +50,7 @@ class LeftRight(nn.Module):
 
 def test_normalised_entropy_is_zero_when_certain_and_one_when_uniform() -> None:
     probs = torch.tensor([[1.0, 0.25, 0.5], [0.0, 0.25, 0.5], [0.0, 0.25, 0.0], [0.0, 0.25, 0.0]])
-    assert normalised_entropy(probs).tolist() == pytest.approx(
-        [0.0, 1.0, math.log(2) / math.log(4)], abs=1e-6
-    )
+    assert normalised_entropy(probs).tolist() == pytest.approx([0.0, 1.0, math.log(2) / math.log(4)], abs=1e-6)
 
 
 def test_disagreeing_members_are_uncertain_and_agreeing_ones_are_not() -> None:
@@ -95,9 +93,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train(load_config(REPO / "configs/demo/mean_teacher.yaml", overrides))
 
 
-def test_predict_writes_mask_and_uncertainty_in_the_input_grid_and_overlays(
-    run_dir: Path, tmp_path: Path
-) -> None:
+def test_predict_writes_mask_and_uncertainty_in_the_input_grid_and_overlays(run_dir: Path, tmp_path: Path) -> None:
     volume = create_dataset("synthetic2d", **PHANTOM).test[0].image[0]  # (depth, H, W)
     affine = np.array([[0.0, -1.25, 0, 10], [1.25, 0.0, 0, -20], [0, 0, 8.0, 5], [0, 0, 0, 1]])
     source = nib.Nifti1Image(np.moveaxis(volume, 0, -1), affine)  # slices along z, as NIfTI stores them
@@ -121,9 +117,7 @@ def test_predict_writes_mask_and_uncertainty_in_the_input_grid_and_overlays(
     members = loaded.method.ensemble_members()
     expected = uncertainty_map(members, volume[None], loaded.info, loaded.config, loaded.device)
     np.testing.assert_allclose(values, np.moveaxis(expected, 0, -1), atol=1e-6)
-    labels = predict_labels(
-        loaded.method.predictor(), volume[None], loaded.info, loaded.config, loaded.device
-    )
+    labels = predict_labels(loaded.method.predictor(), volume[None], loaded.info, loaded.config, loaded.device)
     np.testing.assert_array_equal(np.asarray(mask.dataobj), np.moveaxis(labels, 0, -1))
     overlays = sorted((out / "scan_0000_overlay").iterdir())
     assert [p.name for p in overlays] == [f"scan_0000_slice_{k:03d}.png" for k in range(volume.shape[0])]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-import csv
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +38,6 @@ def _bcp(dims: int = 2, num_classes: int = 4, deterministic: bool = False, **opt
 def _selftraining(method: BCP) -> BCP:
     method.start_stage(Stage("selftrain", 100), method.state_dict())
     return method
-
-
-def _batch(dims: int = 2, num_classes: int = 4, n: int = 4) -> Batch:
-    shape = SHAPES[dims]
-    return Batch(
-        image_l=torch.randn(n, 1, *shape),
-        label_l=torch.randint(0, num_classes, (n, *shape)),
-        image_u=torch.randn(n, 1, *shape),
-    )
 
 
 class MixSpy:
@@ -124,9 +115,11 @@ FLAVOURS = [(2, 4, "batch_squared_bg_unmasked"), (2, 4, "batch_squared"), (3, 2,
 
 
 @pytest.mark.parametrize(("dims", "classes", "dice"), FLAVOURS, ids=[f[2] for f in FLAVOURS])
-def test_selftrain_loss_equals_the_official_mix_loss(dims: int, classes: int, dice: str, spy: MixSpy) -> None:
+def test_selftrain_loss_equals_the_official_mix_loss(
+    dims: int, classes: int, dice: str, spy: MixSpy, make_batch: Callable[..., Batch]
+) -> None:
     method = _selftraining(_bcp(dims, classes, deterministic=True, dice=dice, teacher_mode="eval"))
-    batch = _batch(dims, classes)
+    batch = make_batch(SHAPES[dims], classes, n=4)
     losses = method.training_step(batch, step=0)
     (_, pseudo_a, inward), (pseudo_b, _, outward) = spy.calls
     mask = inward.base_region
@@ -141,9 +134,11 @@ def test_selftrain_loss_equals_the_official_mix_loss(dims: int, classes: int, di
 
 
 @pytest.mark.parametrize(("dims", "classes"), [(2, 4), (3, 2)], ids=["acdc-regions", "la-whole"])
-def test_pretrain_loss_equals_the_official_one(dims: int, classes: int, spy: MixSpy) -> None:
+def test_pretrain_loss_equals_the_official_one(
+    dims: int, classes: int, spy: MixSpy, make_batch: Callable[..., Batch]
+) -> None:
     method = _bcp(dims, classes, deterministic=True)
-    batch = _batch(dims, classes)
+    batch = make_batch(SHAPES[dims], classes, n=4)
     batch.image_u = torch.full_like(batch.image_u, float("nan"))  # pre-training must not look at them
     losses = method.training_step(batch, step=0)
     ((base, patch, mixed),) = spy.calls
@@ -161,10 +156,12 @@ def test_pretrain_loss_equals_the_official_one(dims: int, classes: int, spy: Mix
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-def test_mixed_targets_are_ground_truth_wherever_pixels_are_labeled(dims: int, spy: MixSpy) -> None:
+def test_mixed_targets_are_ground_truth_wherever_pixels_are_labeled(
+    dims: int, spy: MixSpy, make_batch: Callable[..., Batch]
+) -> None:
     classes = 4 if dims == 2 else 2
     method = _selftraining(_bcp(dims, classes))
-    batch = _batch(dims, classes)
+    batch = make_batch(SHAPES[dims], classes, n=4)
     method.training_step(batch, step=0)
     (_, _, inward), (_, _, outward) = spy.calls
     labeled_in, labeled_out = inward.base_region.bool(), outward.patch_region.bool()
@@ -181,9 +178,9 @@ def test_mixed_targets_are_ground_truth_wherever_pixels_are_labeled(dims: int, s
     assert torch.equal(inward.base_region, outward.base_region)  # one mask per step
 
 
-def test_alpha_weights_the_pseudo_labeled_region_only() -> None:
+def test_alpha_weights_the_pseudo_labeled_region_only(make_batch: Callable[..., Batch]) -> None:
     method = _selftraining(_bcp())
-    batch = _batch()
+    batch = make_batch(SHAPES[2], 4, n=4)
     results = {}
     for alpha in (0.0, 0.5, 1.0):
         variant = copy.deepcopy(method)
@@ -196,9 +193,11 @@ def test_alpha_weights_the_pseudo_labeled_region_only() -> None:
     torch.testing.assert_close(results[1.0]["supervised"], results[0.5]["supervised"])
 
 
-def test_supervised_term_ignores_the_teacher_and_pseudo_term_ignores_the_labels() -> None:
+def test_supervised_term_ignores_the_teacher_and_pseudo_term_ignores_the_labels(
+    make_batch: Callable[..., Batch],
+) -> None:
     method = _selftraining(_bcp())
-    batch = _batch()
+    batch = make_batch(SHAPES[2], 4, n=4)
     other_teacher = copy.deepcopy(method)
     with torch.no_grad():
         for p in other_teacher.teacher.parameters():
@@ -251,14 +250,16 @@ def test_la_pseudo_labels_threshold_foreground_at_half_and_keep_the_largest_volu
     assert _bcp(3, 2, threshold=0.6)._pseudo_label(logits)[0, 3, 1, 1] == 0
 
 
-def test_student_gets_gradient_the_teacher_none() -> None:
+def test_student_gets_gradient_the_teacher_none(make_batch: Callable[..., Batch]) -> None:
     method = _selftraining(_bcp())
-    sum(method.training_step(_batch(), step=0).values()).backward()
+    sum(method.training_step(make_batch(SHAPES[2], 4, n=4), step=0).values()).backward()
     assert all(p.grad is None and not p.requires_grad for p in method.teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.student.parameters())
 
 
-def test_selftraining_starts_from_the_previous_best_student_and_survives_a_resume() -> None:
+def test_selftraining_starts_from_the_previous_best_student_and_survives_a_resume(
+    make_batch: Callable[..., Batch],
+) -> None:
     method, pretrained = _bcp(), _bcp()
     assert [s.name for s in method.stages()] == ["pretrain", "selftrain"]
     assert [s.iterations for s in method.stages()] == [10000, 100]
@@ -268,9 +269,9 @@ def test_selftraining_starts_from_the_previous_best_student_and_survives_a_resum
         for key, value in net.state_dict().items():
             assert torch.equal(value, pretrained.student.state_dict()[key]), key
     resumed = _bcp()
-    assert set(resumed.training_step(_batch(), step=0)) == {"supervised"}
+    assert set(resumed.training_step(make_batch(SHAPES[2], 4, n=4), step=0)) == {"supervised"}
     resumed.load_state_dict(method.state_dict())
-    assert set(resumed.training_step(_batch(), step=0)) == {"supervised", "pseudo"}
+    assert set(resumed.training_step(make_batch(SHAPES[2], 4, n=4), step=0)) == {"supervised", "pseudo"}
 
 
 @pytest.mark.parametrize(("scope", "buffers_follow"), [("state", True), ("parameters", False)])
@@ -313,9 +314,9 @@ def test_unknown_option_values_are_errors(bad: dict[str, str]) -> None:
         _bcp(**bad)
 
 
-def test_teacher_mode_eval_gives_deterministic_pseudo_labels(spy: MixSpy) -> None:
+def test_teacher_mode_eval_gives_deterministic_pseudo_labels(spy: MixSpy, make_batch: Callable[..., Batch]) -> None:
     method = _selftraining(_bcp(teacher_mode="eval"))
-    batch = _batch()
+    batch = make_batch(SHAPES[2], 4, n=4)
     method.training_step(batch, step=0)
     method.training_step(batch, step=0)
     first, second = spy.calls[0][1].target, spy.calls[2][1].target
@@ -390,57 +391,43 @@ def test_a_run_killed_inside_selftraining_resumes_to_the_same_weights(
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_acdc_two_stage_run_hands_over_and_evaluates(acdc_root: Path, tmp_path: Path) -> None:
+def test_acdc_two_stage_run_hands_over_and_evaluates(acdc_root: Path, short_run: Callable[..., Any]) -> None:
     """configs/acdc/bcp.yaml at 64x64: 4 pre-training + 4 self-training iterations, 1 val, 1 test volume."""
-    from medsemi.engine.trainer import train
-    from medsemi.eval.evaluate import evaluate_run
-
-    overrides = [
-        f"data.root={acdc_root}",
-        "data.patch_size=[64,64]",
-        "data.batch_labeled=4",
-        "data.batch_unlabeled=4",
+    run = short_run(
+        "acdc/bcp.yaml",
+        acdc_root,
         "method.pretrain_iterations=4",
-        "train.iterations=4",
-        "train.val_every=4",
-        "train.val_limit=1",
-        "train.progress=false",
-        f"run.dir={tmp_path / 'run'}",
-    ]
-    run_dir = train(load_config(REPO / "configs/acdc/bcp.yaml", overrides))
-    rows = list(csv.DictReader((run_dir / "log.csv").open()))
+        limit=None,
+        patch=(64, 64),
+        batch=4,
+        iterations=4,
+        val_limit=1,
+        rows=8,
+    )
+    rows = run.rows
     assert [r["stage"] for r in rows] == ["pretrain"] * 4 + ["selftrain"] * 4
     assert all(r["loss/pseudo"] == "" for r in rows[:4]) and all(float(r["loss/pseudo"]) > 0 for r in rows[4:])
     assert all(0.0 <= float(r["pseudo_lcc_removed"]) <= 1.0 for r in rows[4:])
-    assert (run_dir / "checkpoints" / "best_pretrain.pt").exists() and (run_dir / "checkpoints" / "best.pt").exists()
-    summary = evaluate_run(run_dir, split="test", limit=1)
-    assert summary["num_cases"] == 1 and 0.0 <= summary["mean"]["dice"] <= 1.0
+    assert (run.dir / "checkpoints" / "best_pretrain.pt").exists() and (run.dir / "checkpoints" / "best.pt").exists()
 
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_la_two_stage_run_hands_over_and_evaluates(la_root: Path, tmp_path: Path) -> None:
+def test_la_two_stage_run_hands_over_and_evaluates(la_root: Path, short_run: Callable[..., Any]) -> None:
     """configs/la/bcp.yaml with a 4-filter V-Net on 48x48x32 crops: 2 + 2 iterations, 1 test scan (LCC on)."""
-    from medsemi.engine.trainer import train
-    from medsemi.eval.evaluate import evaluate_run
-
-    overrides = [
-        f"data.root={la_root}",
-        "data.patch_size=[48,48,32]",
-        "data.batch_labeled=2",
-        "data.batch_unlabeled=2",
+    run = short_run(
+        "la/bcp.yaml",
+        la_root,
         "data.options={val_from_train: 1}",
         "net.options={n_filters: 4}",
         "method.pretrain_iterations=2",
-        "train.iterations=2",
-        "train.val_split=none",
-        "train.progress=false",
         "eval.stride=[40,40,24]",
-        f"run.dir={tmp_path / 'run'}",
-    ]
-    run_dir = train(load_config(REPO / "configs/la/bcp.yaml", overrides))
-    rows = list(csv.DictReader((run_dir / "log.csv").open()))
-    assert [r["stage"] for r in rows] == ["pretrain"] * 2 + ["selftrain"] * 2
-    assert all(float(r["loss/pseudo"]) >= 0 for r in rows[2:])
-    summary = evaluate_run(run_dir, split="test", checkpoint="last", limit=1)
-    assert summary["num_cases"] == 1 and 0.0 <= summary["mean"]["dice"] <= 1.0
+        limit=None,
+        patch=(48, 48, 32),
+        iterations=2,
+        validate=False,
+        rows=4,
+        checkpoint="last",
+    )
+    assert [r["stage"] for r in run.rows] == ["pretrain"] * 2 + ["selftrain"] * 2
+    assert all(float(r["loss/pseudo"]) >= 0 for r in run.rows[2:])

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from medsemi.config import load_config
 from medsemi.data.cases import DatasetInfo
-from medsemi.engine.trainer import train
-from medsemi.eval.evaluate import evaluate_run
 from medsemi.losses import sigmoid_rampup
 from medsemi.methods import Batch, MethodContext, create_method
 from medsemi.methods.base import NetSpec
 from medsemi.methods.caml import CAML, FeatureMemory, correlation_consistency, sharpen
 
-REPO = Path(__file__).resolve().parents[2]
 SHAPE_2D = (16, 16)
 
 
@@ -30,10 +26,6 @@ def _method(dims: int = 2, **options: Any) -> CAML:
     method = create_method("caml", {"memory_slots": 4, "memory_per_class": 8, **options}, MethodContext(info, net, 100))
     assert isinstance(method, CAML)
     return method.train()
-
-
-def _batch(shape: tuple[int, ...] = SHAPE_2D) -> Batch:
-    return Batch(torch.randn(2, 1, *shape), torch.randint(0, 3, (2, *shape)), torch.randn(2, 1, *shape))
 
 
 def test_memory_slots_are_overwritten_per_slot_with_detached_embeddings() -> None:
@@ -134,10 +126,12 @@ def _grad_norms(method: CAML, loss: torch.Tensor) -> list[float]:
 
 
 @pytest.mark.parametrize("detach", [False, True])
-def test_consistency_and_correlation_reach_both_sub_networks_unless_detached(detach: bool) -> None:
+def test_consistency_and_correlation_reach_both_sub_networks_unless_detached(
+    detach: bool, make_batch: Callable[..., Batch]
+) -> None:
     method = _method(detach_targets=detach)
     method.memory.write(torch.arange(4), torch.randn(4, 3, 8, 32), torch.full((4, 3), 8))
-    losses = method.training_step(_batch(), step=3000)
+    losses = method.training_step(make_batch(SHAPE_2D), step=3000)
     assert method.diagnostics["memory_classes"] == 3 and method.diagnostics["correlation_rows"] >= 2
     assert losses["correlation"] > 0
     for name in ("supervised", "consistency"):
@@ -148,8 +142,8 @@ def test_consistency_and_correlation_reach_both_sub_networks_unless_detached(det
     assert (auxiliary == 0) if detach else (auxiliary > 0)
 
 
-def test_ramp_follows_the_label_count_and_the_official_counter() -> None:
-    method, batch = _method(), _batch()
+def test_ramp_follows_the_label_count_and_the_official_counter(make_batch: Callable[..., Batch]) -> None:
+    method, batch = _method(), make_batch(SHAPE_2D)
     for rampup, step in [(20.0, 1499), (40.0, 1499), (15.0, 2249)]:
         method.options.rampup_epochs = rampup
         method.training_step(batch, step)
@@ -159,9 +153,9 @@ def test_ramp_follows_the_label_count_and_the_official_counter() -> None:
     assert method.diagnostics["consistency_weight"] == pytest.approx(1.0)
 
 
-def test_3d_step_memory_in_state_dict_and_vanilla_predictor() -> None:
+def test_3d_step_memory_in_state_dict_and_vanilla_predictor(make_batch: Callable[..., Batch]) -> None:
     method = _method(dims=3)
-    losses = method.training_step(_batch((16, 16, 16)), step=0)
+    losses = method.training_step(make_batch((16, 16, 16)), step=0)
     assert set(losses) == {"supervised", "consistency", "correlation"}
     assert all(torch.isfinite(v) for v in losses.values())
     state = method.state_dict()
@@ -170,13 +164,7 @@ def test_3d_step_memory_in_state_dict_and_vanilla_predictor() -> None:
     assert method.predictor() is method.net.vanilla
 
 
-def _log_rows(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "log.csv") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _check_losses(rows: list[dict[str, str]], iterations: int) -> None:
-    assert len(rows) == iterations
+def _check_losses(rows: list[dict[str, str]]) -> None:
     for row in rows:
         assert all(math.isfinite(float(row[f"loss/{k}"])) for k in ("supervised", "consistency", "correlation"))
         assert float(row["consistency_weight"]) == pytest.approx(1.0)
@@ -185,49 +173,38 @@ def _check_losses(rows: list[dict[str, str]], iterations: int) -> None:
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_la_short_3d_run_and_sliding_window_evaluation(la_root: Path, tmp_path: Path) -> None:
-    overrides = [
-        f"data.root={la_root}",
+def test_la_short_3d_run_and_sliding_window_evaluation(la_root: Path, short_run: Callable[..., Any]) -> None:
+    run = short_run(
+        "la/caml.yaml",
+        la_root,
         "data.labeled=2",
-        "data.patch_size=[48,48,32]",
-        "data.batch_labeled=1",
-        "data.batch_unlabeled=1",
-        "data.options={val_from_train: 1, limit: 4}",
+        "data.options.val_from_train=1",
         "net.options={n_filters: 4}",
         "method.memory_slots=2",
         "method.memory_per_class=64",
         "method.rampup_epochs=0",
-        "train.iterations=3",
-        "train.val_split=none",
-        "train.progress=false",
         "eval.stride=[40,40,24]",
-        f"run.dir={tmp_path / 'run'}",
-    ]
-    run_dir = train(load_config(REPO / "configs/la/caml.yaml", overrides))
-    _check_losses(_log_rows(run_dir), 3)
-    summary = evaluate_run(run_dir, split="test", checkpoint="last", limit=1)
-    assert summary["num_cases"] == 1 and 0.0 <= summary["mean"]["dice"] <= 1.0
+        limit=4,
+        patch=(48, 48, 32),
+        batch=1,
+        validate=False,
+        checkpoint="last",
+    )
+    _check_losses(run.rows)
 
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_acdc_short_2d_run_and_evaluation(acdc_root: Path, tmp_path: Path) -> None:
-    overrides = [
-        f"data.root={acdc_root}",
-        "data.options={limit: 100}",
-        "data.patch_size=[64,64]",
-        "data.batch_labeled=2",
-        "data.batch_unlabeled=2",
+def test_acdc_short_2d_run_and_evaluation(acdc_root: Path, short_run: Callable[..., Any]) -> None:
+    run = short_run(
+        "acdc/caml.yaml",
+        acdc_root,
         "net.options={n_filters: 4}",
         "method.memory_per_class=64",
         "method.rampup_epochs=0",
-        "train.iterations=6",
-        "train.val_every=6",
-        "train.val_limit=1",
-        "train.progress=false",
-        f"run.dir={tmp_path / 'run'}",
-    ]
-    run_dir = train(load_config(REPO / "configs/acdc/caml.yaml", overrides))
-    _check_losses(_log_rows(run_dir), 6)
-    summary = evaluate_run(run_dir, split="test", limit=1)
-    assert summary["num_cases"] == 1 and 0.0 <= summary["mean"]["dice"] <= 1.0
+        limit=100,
+        patch=(64, 64),
+        iterations=6,
+        val_limit=1,
+    )
+    _check_losses(run.rows)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,14 +29,6 @@ def _cdma(num_classes: int = 3, iterations: int = 100, net: NetSpec = SMALL, **o
     method = create_method("cdma", options, MethodContext(info=info, net=net, iterations=iterations))
     assert isinstance(method, CDMA)
     return method
-
-
-def _batch(num_classes: int = 3, n: int = 2, size: int = 16) -> Batch:
-    return Batch(
-        image_l=torch.randn(n, 1, size, size),
-        label_l=torch.randint(0, num_classes, (n, size, size)),
-        image_u=torch.randn(n, 1, size, size),
-    )
 
 
 def test_distillation_kl_matches_hand_computation_and_temperature_scaling() -> None:
@@ -93,10 +87,10 @@ def test_entropy_of_the_mean_decreases_when_predictions_sharpen() -> None:
     assert mean_prediction_entropy([a, b, a]).item() > mean_prediction_entropy([a, a, a]).item() + 0.5
 
 
-def test_training_step_losses_and_hard_warm_up() -> None:
+def test_training_step_losses_and_hard_warm_up(make_batch: Callable[..., Batch]) -> None:
     method = _cdma(iterations=100)
     method.eval()  # deterministic forward (no dropout) so the terms can be recomputed by hand
-    batch = _batch()
+    batch = make_batch((16, 16))
     early = method.training_step(batch, step=9)
     late = method.training_step(batch, step=10)
     assert set(early) == {"supervised", "cdkd", "entropy"}
@@ -111,9 +105,9 @@ def test_training_step_losses_and_hard_warm_up() -> None:
     assert late["entropy"].item() == pytest.approx(0.1 * mean_prediction_entropy(logits).item(), rel=1e-5)
 
 
-def test_unsupervised_terms_train_every_branch_and_the_shared_encoder() -> None:
+def test_unsupervised_terms_train_every_branch_and_the_shared_encoder(make_batch: Callable[..., Batch]) -> None:
     method = _cdma(iterations=10)
-    losses = method.training_step(_batch(), step=5)
+    losses = method.training_step(make_batch((16, 16)), step=5)
     (losses["cdkd"] + losses["entropy"]).backward()
     for name in BRANCHES:
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.net.decoders[name].parameters())
@@ -151,39 +145,25 @@ def test_configs_load_and_name_every_option(config: str) -> None:
     assert cfg.net.name in ("mtnet", "mtnet_resnet50")
 
 
-def _run_overrides(run_dir: Path) -> list[str]:
-    return [
-        "train.iterations=20",
-        "train.val_every=20",
-        "train.val_limit=1",
-        "train.progress=false",
-        f"run.dir={run_dir}",
-    ]
-
-
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, tmp_path: Path) -> None:
-    from medsemi.engine.trainer import train
-    from medsemi.eval.evaluate import evaluate_run
-
-    overrides = [
-        f"data.root={acdc_root}",
-        "data.options={splits: [train, test], limit: 100}",
-        "data.patch_size=[64, 64]",
-        "data.batch_labeled=4",
-        "data.batch_unlabeled=4",
+def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, short_run: Callable[..., Any]) -> None:
+    run = short_run(
+        "acdc/cdma.yaml",
+        acdc_root,
+        "data.options.splits=[train, test]",
         "net.options.widths=[8, 16, 32, 64, 128]",
         "train.val_split=test",
-    ]
-    run_dir = train(load_config(REPO / "configs/acdc/cdma.yaml", overrides + _run_overrides(tmp_path / "run")))
-    header, *rows = (run_dir / "log.csv").read_text().splitlines()
-    columns = header.split(",")
-    on = [float(row.split(",")[columns.index("unsupervised_on")]) for row in rows]
+        limit=100,
+        patch=(64, 64),
+        batch=4,
+        iterations=20,
+        val_limit=1,
+        cases=2,
+    )
+    on = [float(row["unsupervised_on"]) for row in run.rows]
     assert on == [0.0, 0.0] + [1.0] * 18  # warm-up: 10 % of 20 iterations
-    assert all(float(row.split(",")[columns.index("loss/cdkd")]) > 0 for row in rows[2:])
-    summary = evaluate_run(run_dir, split="test", limit=2)
-    assert summary["num_cases"] == 2 and 0.0 <= summary["mean"]["dice"] <= 1.0
+    assert all(float(row["loss/cdkd"]) > 0 for row in run.rows[2:])
 
 
 def _write_rgb_folder(root: Path, generator: np.random.Generator) -> None:
@@ -212,32 +192,31 @@ def _write_rgb_folder(root: Path, generator: np.random.Generator) -> None:
 
 
 @pytest.mark.slow
-def test_rgb_png_folder_trains_predicts_by_sliding_window_and_evaluates(tmp_path: Path) -> None:
+def test_rgb_png_folder_trains_predicts_by_sliding_window_and_evaluates(
+    tmp_path: Path, short_run: Callable[..., Any]
+) -> None:
     from PIL import Image
 
-    from medsemi.engine.trainer import train
-    from medsemi.eval.evaluate import evaluate_run
     from medsemi.eval.predict import predict_files
 
     root = tmp_path / "data"
     _write_rgb_folder(root, np.random.default_rng(0))
-    overrides = [
-        f"data.root={root}",
+    run = short_run(
+        "pathology/cdma.yaml",
+        root,
         "data.labeled=2",
-        "data.patch_size=[48, 48]",
-        "data.batch_labeled=2",
-        "data.batch_unlabeled=2",
         "data.options.val_from_train=1",
         "net.options.widths=[4, 8, 16, 32, 64]",
         "eval.patch_size=[48, 48]",
         "eval.stride=[36, 36]",
-    ]
-    config = load_config(REPO / "configs/pathology/cdma.yaml", overrides + _run_overrides(tmp_path / "run"))
-    run_dir = train(config)
-    summary = evaluate_run(run_dir, split="test")
-    assert summary["num_cases"] == 2 and 0.0 <= summary["mean"]["dice"] <= 1.0
+        limit=None,
+        patch=(48, 48),
+        iterations=20,
+        val_limit=1,
+        cases=2,  # all of imagesTs
+    )
     images = sorted((root / "imagesTs").iterdir())
-    written = predict_files(run_dir, images, tmp_path / "predictions")
+    written = predict_files(run.dir, images, tmp_path / "predictions")
     for image, result in zip(images, written, strict=True):
         mask = np.asarray(Image.open(result.mask))
         assert mask.shape == np.asarray(Image.open(image)).shape[:2]  # 96 x 80 from 48 x 48 windows

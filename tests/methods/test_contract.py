@@ -59,9 +59,7 @@ def test_one_step_updates_networks_and_never_teachers(name: str, dims: int) -> N
     assert torch.isfinite(total)
     total.backward()
     for teacher in teachers:
-        assert all(p.grad is None and not p.requires_grad for p in teacher.parameters()), (
-            f"{name}: teacher got grad"
-        )
+        assert all(p.grad is None and not p.requires_grad for p in teacher.parameters()), f"{name}: teacher got grad"
     for optimizer in optimizers:
         optimizer.step()
     method.after_step(step)
@@ -97,7 +95,5 @@ def test_unlabeled_loss_reaches_the_trained_networks(name: str) -> None:
     unsupervised = [v for k, v in losses.items() if not k.startswith("supervised")]
     assert unsupervised, f"{name} has no unsupervised loss term"
     sum(unsupervised).backward()
-    grads = [
-        p.grad for m in method.optimised_modules().values() for p in m.parameters() if p.grad is not None
-    ]
+    grads = [p.grad for m in method.optimised_modules().values() for p in m.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads), f"{name}: unsupervised loss sends no gradient"

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from medsemi.config import load_config
 from medsemi.data.cases import DatasetInfo
-from medsemi.engine.trainer import train
-from medsemi.eval.evaluate import evaluate_run
 from medsemi.losses import ce_dice_loss, soft_dice_loss
 from medsemi.methods import Batch, MethodContext, create_method
 from medsemi.methods.base import NetSpec, method_class
@@ -20,7 +17,6 @@ from medsemi.methods.cross_teaching import CrossTeaching
 from medsemi.nets.transformer import SwinSegmenter
 from medsemi.nets.unet import UNet2D
 
-REPO = Path(__file__).resolve().parents[2]
 INFO = DatasetInfo("test", ["bg", "a", "b"], spatial_dims=2, in_channels=1)
 TINY_SWIN = {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "window_size": 4}
 
@@ -41,11 +37,9 @@ def test_unet_and_transformer_each_with_its_own_optimiser_and_the_unet_predicts(
     assert method_class("cross_teaching").supported_dims == (2,)
 
 
-def test_losses_and_gradient_paths() -> None:
-    method = _method(
-        consistency=1.0, rampup_epochs=0.0
-    ).eval()  # eval: deterministic forwards to compare against
-    batch = Batch(torch.randn(2, 1, 32, 32), torch.randint(0, 3, (2, 32, 32)), torch.randn(2, 1, 32, 32))
+def test_losses_and_gradient_paths(make_batch: Callable[..., Batch]) -> None:
+    method = _method(consistency=1.0, rampup_epochs=0.0).eval()  # eval: deterministic forwards to compare against
+    batch = make_batch((32, 32))
     losses = method.training_step(batch, 0)
     cnn, transformer = method.nets["cnn"], method.nets["transformer"]
     with torch.no_grad():
@@ -53,9 +47,7 @@ def test_losses_and_gradient_paths() -> None:
         tr_u = transformer(batch.image_u)
     assert torch.allclose(losses["supervised_cnn"], ce_dice_loss(cnn_l, batch.label_l), atol=1e-6)
     assert torch.allclose(losses["cross_cnn"], soft_dice_loss(cnn_u.softmax(1), tr_u.argmax(1)), atol=1e-6)
-    assert torch.allclose(
-        losses["cross_transformer"], soft_dice_loss(tr_u.softmax(1), cnn_u.argmax(1)), atol=1e-6
-    )
+    assert torch.allclose(losses["cross_transformer"], soft_dice_loss(tr_u.softmax(1), cnn_u.argmax(1)), atol=1e-6)
     losses["cross_transformer"].backward()
     assert all(p.grad is None for p in cnn.parameters()), "the U-Net's pseudo-labels must be detached"
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in transformer.parameters())
@@ -68,27 +60,13 @@ def test_unknown_predictor_is_an_error() -> None:
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, tmp_path: Path) -> None:
+def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, short_run: Callable[..., Any]) -> None:
     """3 iterations of configs/acdc/cross_teaching.yaml, tiny Swin at 32x32, full cross weight."""
-    overrides = [
-        f"data.root={acdc_root}",
-        "data.options={limit: 80}",  # 80 slices (3 labeled patients + 12 unlabeled), 1 val, 1 test volume
-        "data.patch_size=[32,32]",
-        "data.batch_labeled=2",
-        "data.batch_unlabeled=2",
+    run = short_run(
+        "acdc/cross_teaching.yaml",
+        acdc_root,
         "method.rampup_epochs=0",
         "method.transformer_options={feature_size: 12, depths: [1, 1, 1, 1], num_heads: [1, 1, 1, 1]}",
-        "train.iterations=3",
-        "train.val_every=3",
-        "train.progress=false",
-        f"run.dir={tmp_path / 'run'}",
-    ]
-    run_dir = train(load_config(REPO / "configs/acdc/cross_teaching.yaml", overrides))
-    with open(run_dir / "log.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert len(rows) == 3
-    for row in rows:
-        assert math.isfinite(float(row["loss"]))
+    )
+    for row in run.rows:
         assert float(row["loss/cross_cnn"]) > 0 and float(row["loss/cross_transformer"]) > 0
-    summary = evaluate_run(run_dir, split="test", limit=1)
-    assert 0.0 <= summary["mean"]["dice"] <= 1.0

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import csv
-import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medsemi.config import load_config
 from medsemi.data.cases import DatasetInfo
-from medsemi.engine.trainer import train
-from medsemi.eval.evaluate import evaluate_run
 from medsemi.losses import one_hot
 from medsemi.methods import Batch, MethodContext, create_method
 from medsemi.methods.base import NetSpec
 from medsemi.methods.fixmatch import FixMatch, apply_dihedral, random_dihedral
 
-REPO = Path(__file__).resolve().parents[2]
 INFO = DatasetInfo("test", ["bg", "a", "b"], spatial_dims=2, in_channels=1)
 
 
@@ -43,9 +39,7 @@ def _fixmatch(**options) -> FixMatch:
 
 
 def _batch(weak: Tensor, strong: Tensor) -> Batch:
-    return Batch(
-        torch.rand(1, 1, *weak.shape[2:]), torch.zeros(1, *weak.shape[2:], dtype=torch.long), weak, strong
-    )
+    return Batch(torch.rand(1, 1, *weak.shape[2:]), torch.zeros(1, *weak.shape[2:], dtype=torch.long), weak, strong)
 
 
 def test_low_confidence_pixels_get_no_loss_and_no_gradient() -> None:
@@ -61,9 +55,7 @@ def test_low_confidence_pixels_get_no_loss_and_no_gradient() -> None:
     assert torch.all(grad[:, :4] != 0)
     assert weak.grad is None or torch.all(weak.grad == 0), "pseudo-labels must be detached"
     assert method.diagnostics["mask_ratio"] == 0.5
-    per_pixel = F.cross_entropy(
-        PixelNet()(strong.detach()), torch.zeros(2, 8, 8, dtype=torch.long), reduction="none"
-    )
+    per_pixel = F.cross_entropy(PixelNet()(strong.detach()), torch.zeros(2, 8, 8, dtype=torch.long), reduction="none")
     expected = per_pixel[:, :4].sum() / per_pixel.numel()  # normalised by ALL pixels, not by the mask
     assert torch.allclose(losses["unsupervised"], expected)
 
@@ -77,9 +69,7 @@ def test_nothing_confident_means_no_unsupervised_loss() -> None:
 def test_dihedral_moves_images_and_label_maps_alike() -> None:
     labels = torch.randint(0, 3, (4, 6, 6))
     k, flip = torch.tensor([0, 1, 2, 3]), torch.tensor([True, False, True, False])
-    assert torch.equal(
-        apply_dihedral(one_hot(labels, 3), k, flip), one_hot(apply_dihedral(labels, k, flip), 3)
-    )
+    assert torch.equal(apply_dihedral(one_hot(labels, 3), k, flip), one_hot(apply_dihedral(labels, k, flip), 3))
     assert torch.equal(apply_dihedral(labels, k, flip)[1], torch.rot90(labels[1], 1, (-2, -1)))
     assert torch.equal(apply_dihedral(labels, k, flip)[2], torch.rot90(labels[2], 2, (-2, -1)).flip(-1))
     k, _ = random_dihedral(64, square=False)
@@ -90,9 +80,7 @@ def test_strong_geometry_applies_the_same_transform_to_the_pseudo_labels() -> No
     """With strong = weak and a per-pixel net, a consistently transformed target leaves the loss unchanged."""
     weak = torch.randn(4, 1, 8, 8) * 0.3
     plain = _fixmatch(threshold=0.6).training_step(_batch(weak, weak.clone()), 0)["unsupervised"]
-    rotated = _fixmatch(threshold=0.6, strong_geometry="dihedral").training_step(
-        _batch(weak, weak.clone()), 0
-    )
+    rotated = _fixmatch(threshold=0.6, strong_geometry="dihedral").training_step(_batch(weak, weak.clone()), 0)
     assert plain > 0
     assert torch.allclose(rotated["unsupervised"], plain, atol=1e-6)
 
@@ -111,28 +99,9 @@ def test_unsupervised_loss_trains_the_student_from_the_weak_view_labels() -> Non
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, tmp_path: Path) -> None:
+def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, short_run: Callable[..., Any]) -> None:
     """3 iterations of configs/acdc/fixmatch.yaml at 32x32, every pixel pseudo-labeled (threshold 0)."""
-    overrides = [
-        f"data.root={acdc_root}",
-        "data.options={limit: 80}",  # 80 slices (3 labeled patients + 12 unlabeled), 1 val, 1 test volume
-        "data.patch_size=[32,32]",
-        "data.batch_labeled=2",
-        "data.batch_unlabeled=2",
-        "method.threshold=0.0",
-        "method.strong_geometry=dihedral",
-        "train.iterations=3",
-        "train.val_every=3",
-        "train.progress=false",
-        f"run.dir={tmp_path / 'run'}",
-    ]
-    run_dir = train(load_config(REPO / "configs/acdc/fixmatch.yaml", overrides))
-    with open(run_dir / "log.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert len(rows) == 3
-    for row in rows:
-        assert math.isfinite(float(row["loss"]))
+    run = short_run("acdc/fixmatch.yaml", acdc_root, "method.threshold=0.0", "method.strong_geometry=dihedral")
+    for row in run.rows:
         assert float(row["mask_ratio"]) == 1.0
         assert float(row["loss/unsupervised"]) > 0
-    summary = evaluate_run(run_dir, split="test", limit=1)
-    assert 0.0 <= summary["mean"]["dice"] <= 1.0

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medsemi.config import load_config
 from medsemi.data.cases import DatasetInfo
-from medsemi.engine.trainer import train
-from medsemi.eval.evaluate import evaluate_run
 from medsemi.losses import one_hot
 from medsemi.methods import Batch, MethodContext, create_method
 from medsemi.methods.base import NetSpec
 from medsemi.methods.prototypes import class_prototypes, prototype_predictions, vote_agreement
 from medsemi.methods.scp import SCP, unscaled_dice_loss
 
-REPO = Path(__file__).resolve().parents[2]
 SMALL_NETS = {2: NetSpec("unet", {"widths": (4, 8, 16, 32, 64)}), 3: NetSpec("vnet", {"n_filters": 4})}
 
 
@@ -30,14 +27,6 @@ def _scp(num_classes: int = 4, dims: int = 2, **options: object) -> SCP:
     method = create_method("scp", options, MethodContext(info=info, net=SMALL_NETS[dims], iterations=100))
     assert isinstance(method, SCP)
     return method
-
-
-def _batch(num_classes: int, shape: tuple[int, ...], n: int = 2) -> Batch:
-    return Batch(
-        image_l=torch.randn(n, 1, *shape),
-        label_l=torch.randint(0, num_classes, (n, *shape)),
-        image_u=torch.randn(n, 1, *shape),
-    )
 
 
 class FixedFeatures(nn.Module):
@@ -121,19 +110,19 @@ def test_agreement_is_one_for_unanimous_votes_and_zero_for_uniform(num_classes: 
 
 
 @pytest.mark.parametrize("num_classes", [2, 4, 8])
-def test_one_step_gives_finite_losses_and_gradient(num_classes: int) -> None:
+def test_one_step_gives_finite_losses_and_gradient(num_classes: int, make_batch: Callable[..., Batch]) -> None:
     method = _scp(num_classes).train()
-    losses = method.training_step(_batch(num_classes, (32, 32)), step=150 * 1000)
+    losses = method.training_step(make_batch((32, 32), num_classes), step=150 * 1000)
     assert set(losses) == {"supervised", "self_consistency", "cross_consistency"}
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
     (losses["self_consistency"] + losses["cross_consistency"]).backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.net.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.student.parameters())
     assert 0.0 <= method.diagnostics["prototype_agreement"] <= 1.0
 
 
-def test_3d_step_on_voxels() -> None:
+def test_3d_step_on_voxels(make_batch: Callable[..., Batch]) -> None:
     method = _scp(num_classes=2, dims=3).train()
-    losses = method.training_step(_batch(2, (16, 16, 16)), step=0)
+    losses = method.training_step(make_batch((16, 16, 16), 2), step=0)
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
 
@@ -150,13 +139,13 @@ def _reference_consistency(net: FixedFeatures, detach: bool) -> tuple[Tensor, Te
 
 
 @pytest.mark.parametrize("term", ["self_consistency", "cross_consistency"])
-def test_prototype_targets_are_detached(term: str) -> None:
+def test_prototype_targets_are_detached(term: str, make_batch: Callable[..., Batch]) -> None:
     torch.manual_seed(1)
     net = FixedFeatures(torch.randn(4, 6, 8, 8), num_classes=3)
     method = _scp(num_classes=3)
-    method.net = net
+    method.student = net
     step = 150 * 1000  # full ramp: weight 0.1, halved
-    loss = method.training_step(_batch(3, (8, 8)), step)[term]
+    loss = method.training_step(make_batch((8, 8), 3), step)[term]
     (grad,) = torch.autograd.grad(loss, net.features)
     index = 0 if term == "self_consistency" else 1
     detached = 0.05 * _reference_consistency(net, detach=True)[index]
@@ -166,33 +155,33 @@ def test_prototype_targets_are_detached(term: str) -> None:
     assert not torch.allclose(grad, torch.autograd.grad(attached, net.features)[0])
 
 
-def test_cross_weight_direction() -> None:
+def test_cross_weight_direction(make_batch: Callable[..., Batch]) -> None:
     """Every image has the same feature map, so all prototype sets vote alike: agreement 1, disagreement 0."""
     features = torch.randn(1, 3, 6, 6).expand(4, -1, -1, -1).clone()
     terms = {}
     for mode in ("agreement", "disagreement"):
         method = _scp(num_classes=3, cross_weight=mode)
-        method.net = FixedFeatures(features, num_classes=3)
-        terms[mode] = method.training_step(_batch(3, (6, 6)), step=150 * 1000)["cross_consistency"]
+        method.student = FixedFeatures(features, num_classes=3)
+        terms[mode] = method.training_step(make_batch((6, 6), 3), step=150 * 1000)["cross_consistency"]
     assert terms["agreement"] > 0
     assert abs(terms["disagreement"]) < 1e-5 * terms["agreement"]
 
 
-def test_dice_variants() -> None:
+def test_dice_variants(make_batch: Callable[..., Batch]) -> None:
     labels = torch.randint(0, 3, (2, 8, 8))
     perfect = one_hot(labels, 3)
     torch.testing.assert_close(unscaled_dice_loss(perfect, labels), torch.tensor(0.5))
     method_code, method_standard = _scp(3, dice="code"), _scp(3, dice="standard")
     method_standard.load_state_dict(method_code.state_dict())
-    batch = _batch(3, (32, 32))
+    batch = make_batch((32, 32), 3)
     code = method_code.eval().training_step(batch, 0)["supervised"]
     standard = method_standard.eval().training_step(batch, 0)["supervised"]
     assert code > standard
 
 
-def test_consistency_ramp_in_epochs_of_150_iterations() -> None:
+def test_consistency_ramp_in_epochs_of_150_iterations(make_batch: Callable[..., Batch]) -> None:
     method = _scp(num_classes=2).eval()  # eval: no dropout, so both steps see the same prediction
-    batch = _batch(2, (32, 32))
+    batch = make_batch((32, 32), 2)
     start = method.training_step(batch, step=149)["self_consistency"]
     end = method.training_step(batch, step=150 * 1000)["self_consistency"]
     torch.testing.assert_close(end / start, torch.tensor(math.exp(5.0)))
@@ -207,31 +196,21 @@ def test_unknown_option_values_are_errors(bad: dict[str, str]) -> None:
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, tmp_path: Path) -> None:
+def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, short_run: Callable[..., Any]) -> None:
     """10 iterations of configs/acdc/scp.yaml (narrow, 64x64), consistency at full weight; 1 test volume."""
-    overrides = [
-        f"data.root={acdc_root}",
-        "data.patch_size=[64,64]",
-        "data.batch_labeled=2",
-        "data.batch_unlabeled=2",
+    run = short_run(
+        "acdc/scp.yaml",
+        acdc_root,
         "net.options.widths=[8,8,16,32,64]",
         "method.rampup_epochs=0",
-        "train.iterations=10",
-        "train.val_every=10",
-        "train.val_limit=1",
-        "train.progress=false",
-        f"run.dir={tmp_path / 'run'}",
-    ]
-    run_dir = train(load_config(REPO / "configs/acdc/scp.yaml", overrides))
-    with open(run_dir / "log.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert len(rows) == 10
-    for row in rows:
+        limit=None,
+        patch=(64, 64),
+        iterations=10,
+        val_limit=1,
+    )
+    for row in run.rows:
         assert float(row["consistency_weight"]) == pytest.approx(0.1)
         assert 0.0 <= float(row["prototype_agreement"]) <= 1.0
         terms = ("supervised", "self_consistency", "cross_consistency")
         assert all(math.isfinite(float(row[f"loss/{k}"])) for k in terms)
         assert float(row["loss/cross_consistency"]) > 0
-    summary = evaluate_run(run_dir, split="test", limit=1)
-    assert 0.0 <= summary["mean"]["dice"] <= 1.0
-    assert summary["num_cases"] == 1

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import csv
-import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from medsemi.config import load_config
 from medsemi.data.cases import DatasetInfo
-from medsemi.engine.trainer import train
-from medsemi.eval.evaluate import evaluate_run
 from medsemi.methods import Batch, MethodContext, create_method
 from medsemi.methods.base import NetSpec
 from medsemi.methods.semiformer import Semiformer, fuse_pseudo_labels
 
-REPO = Path(__file__).resolve().parents[2]
 INFO = DatasetInfo("test", ["bg", "a", "b"], spatial_dims=2, in_channels=1)
 TINY_DUAL = {"widths": (4, 8, 16, 32, 64), "embed_dim": 16, "depth": 3, "num_heads": 2, "img_size": 32}
 
@@ -81,9 +77,7 @@ def test_burn_in_is_supervised_only_then_both_heads_learn_from_the_weak_view() -
     assert batch.image_u_strong.grad.abs().sum() > 0
     net = method.net
     assert any(p.grad.abs().sum() > 0 for p in net.transformer.decoder.parameters())
-    assert all(p.grad is None for p in net.cnn.decoder.parameters()), (
-        "the transformer's loss left its own stream"
-    )
+    assert all(p.grad is None for p in net.cnn.decoder.parameters()), "the transformer's loss left its own stream"
 
 
 def test_the_threshold_masks_unconfident_pixels() -> None:
@@ -118,28 +112,14 @@ def test_a_unet_spec_shapes_the_cnn_stream_and_other_nets_are_refused() -> None:
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, tmp_path: Path) -> None:
+def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, short_run: Callable[..., Any]) -> None:
     """3 iterations of configs/acdc/semiformer.yaml, tiny ViT stream at 32x32, no burn-in; 1 test volume."""
-    overrides = [
-        f"data.root={acdc_root}",
-        "data.options={limit: 80}",  # 80 slices (3 labeled patients + 12 unlabeled), 1 val, 1 test volume
-        "data.patch_size=[32,32]",
-        "data.batch_labeled=2",
-        "data.batch_unlabeled=2",
+    run = short_run(
+        "acdc/semiformer.yaml",
+        acdc_root,
         "net.options={embed_dim: 16, depth: 3, num_heads: 2, img_size: 32}",
         "method.threshold=0.0",
         "method.burnin_fraction=0.0",
-        "train.iterations=3",
-        "train.val_every=3",
-        "train.progress=false",
-        f"run.dir={tmp_path / 'run'}",
-    ]
-    run_dir = train(load_config(REPO / "configs/acdc/semiformer.yaml", overrides))
-    with open(run_dir / "log.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert len(rows) == 3
-    for row in rows:
-        assert math.isfinite(float(row["loss"]))
+    )
+    for row in run.rows:
         assert float(row["loss/unsupervised_cnn"]) > 0 and float(row["loss/unsupervised_transformer"]) > 0
-    summary = evaluate_run(run_dir, split="test", limit=1)
-    assert 0.0 <= summary["mean"]["dice"] <= 1.0

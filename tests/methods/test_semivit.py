@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import csv
-import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from medsemi.config import load_config
 from medsemi.data.cases import DatasetInfo
-from medsemi.engine.trainer import train
-from medsemi.eval.evaluate import evaluate_run
 from medsemi.methods import Batch, MethodContext, create_method
 from medsemi.methods.base import NetSpec
 from medsemi.methods.semivit import SemiViT, probabilistic_pseudo_mixup, smooth_one_hot
 
-REPO = Path(__file__).resolve().parents[2]
 INFO = DatasetInfo("test", ["bg", "a", "b"], spatial_dims=2, in_channels=1)
 SMALL_UNET = NetSpec("unet", {"widths": (4, 8, 16, 32, 64)})
 
@@ -28,9 +24,7 @@ def _method(net: NetSpec = SMALL_UNET, **options) -> SemiViT:
 
 def _batch() -> Batch:
     weak = torch.randn(2, 1, 32, 32)
-    return Batch(
-        torch.randn(2, 1, 32, 32), torch.randint(0, 3, (2, 32, 32)), weak, weak + 0.1 * torch.randn_like(weak)
-    )
+    return Batch(torch.randn(2, 1, 32, 32), torch.randint(0, 3, (2, 32, 32)), weak, weak + 0.1 * torch.randn_like(weak))
 
 
 def _two_samples(size: int = 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -43,9 +37,7 @@ def _two_samples(size: int = 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 def test_cutmix_ratio_follows_the_confidences_and_pixels_carry_their_confidence() -> None:
     images, labels, confidence = _two_samples()
-    mix = probabilistic_pseudo_mixup(
-        images, labels, confidence, 3, partner=torch.tensor([1, 0]), smoothing=0.0
-    )
+    mix = probabilistic_pseudo_mixup(images, labels, confidence, 3, partner=torch.tensor([1, 0]), smoothing=0.0)
     # lambda_0 = 0.9 / 1.2 = 0.75: a box of side sqrt(0.25) = 0.5 -> 10x10 of 20x20 comes from sample 1
     # lambda_1 = 0.25: side sqrt(0.75) = 0.866 -> 17x17 of 20x20 comes from sample 0
     assert mix.ratio.tolist() == pytest.approx([1 - 100 / 400, 1 - 289 / 400])
@@ -57,9 +49,7 @@ def test_cutmix_ratio_follows_the_confidences_and_pixels_carry_their_confidence(
     assert torch.equal(mix.target.argmax(1), torch.where(from_self, labels, labels.flip(0)))
     mask = mix.confidence >= 0.5
     assert torch.equal(mask, torch.where(from_self, own_conf, other_conf) >= 0.5)
-    assert mask[0].float().mean() == pytest.approx(0.75) and mask[1].float().mean() == pytest.approx(
-        289 / 400
-    )
+    assert mask[0].float().mean() == pytest.approx(0.75) and mask[1].float().mean() == pytest.approx(289 / 400)
 
 
 def test_pixel_mixup_blends_by_per_pixel_confidence_and_keeps_the_larger() -> None:
@@ -72,9 +62,7 @@ def test_pixel_mixup_blends_by_per_pixel_confidence_and_keeps_the_larger() -> No
     assert torch.allclose(mix.confidence, torch.full((2, 4, 4), 0.9))
     expected = 0.75 * smooth_one_hot(labels[:1], 3, 0.1) + 0.25 * smooth_one_hot(labels[1:], 3, 0.1)
     assert torch.allclose(mix.target[:1], expected)
-    assert mix.target[0, :, 0, 0].tolist() == pytest.approx(
-        [0.1 / 3, 0.75 * 0.9 + 0.1 / 3, 0.25 * 0.9 + 0.1 / 3]
-    )
+    assert mix.target[0, :, 0, 0].tolist() == pytest.approx([0.1 / 3, 0.75 * 0.9 + 0.1 / 3, 0.25 * 0.9 + 0.1 / 3])
     assert torch.allclose(mix.target.sum(1), torch.ones(2, 4, 4))
 
 
@@ -89,9 +77,7 @@ def test_teacher_labels_in_eval_mode_and_follows_the_student_by_ema() -> None:
         for p in method.student.parameters():
             p.add_(1.0)
     method.after_step(0)
-    for t0, t1, s in zip(
-        teacher_before, method.teacher.parameters(), method.student.parameters(), strict=True
-    ):
+    for t0, t1, s in zip(teacher_before, method.teacher.parameters(), method.student.parameters(), strict=True):
         assert torch.allclose(t1, 0.5 * t0 + 0.5 * s)
     assert all(not p.requires_grad for p in method.teacher.parameters())
 
@@ -133,28 +119,14 @@ def test_transformer_backbone() -> None:
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, tmp_path: Path) -> None:
+def test_acdc_short_run_trains_and_evaluates(acdc_root: Path, short_run: Callable[..., Any]) -> None:
     """3 iterations of configs/acdc/semivit.yaml, tiny Swin at 32x32, pseudo-CutMix on; 1 test volume."""
-    overrides = [
-        f"data.root={acdc_root}",
-        "data.options={limit: 80}",  # 80 slices (3 labeled patients + 12 unlabeled), 1 val, 1 test volume
-        "data.patch_size=[32,32]",
-        "data.batch_labeled=2",
-        "data.batch_unlabeled=2",
+    run = short_run(
+        "acdc/semivit.yaml",
+        acdc_root,
         "net.options={feature_size: 12, depths: [1, 1, 1, 1], num_heads: [1, 1, 1, 1]}",
         "method.threshold=0.0",
-        "train.iterations=3",
-        "train.val_every=3",
-        "train.progress=false",
-        f"run.dir={tmp_path / 'run'}",
-    ]
-    run_dir = train(load_config(REPO / "configs/acdc/semivit.yaml", overrides))
-    with open(run_dir / "log.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert len(rows) == 3
-    for row in rows:
-        assert math.isfinite(float(row["loss"]))
+    )
+    for row in run.rows:
         assert 0.0 < float(row["mix_ratio"]) < 1.0
         assert float(row["loss/unsupervised"]) > 0
-    summary = evaluate_run(run_dir, split="test", limit=1)
-    assert 0.0 <= summary["mean"]["dice"] <= 1.0
