@@ -50,3 +50,25 @@ def test_every_shipped_config_loads() -> None:
     for path in sorted((REPO / "configs").rglob("*.yaml")):
         config = load_config(path)
         build_options(method_class(config.method_name), config.method_options)
+
+
+def test_acdc_and_la_configs_are_the_paper_protocols() -> None:
+    """SSL4MIS ACDC (U-Net, 256x256, 12+12, 30k, SGD 0.01/0.9/1e-4 poly) and UA-MT LA (V-Net, 112x112x80, 15k)."""
+    for method in ("supervised", "mean_teacher"):
+        acdc = load_config(REPO / f"configs/acdc/{method}.yaml")
+        assert (acdc.data.dataset, acdc.net.name, acdc.data.patch_size) == ("acdc", "unet", [256, 256])
+        assert (acdc.data.batch_labeled, acdc.data.batch_unlabeled, acdc.train.iterations) == (12, 12, 30000)
+        assert (acdc.optim.name, acdc.optim.lr, acdc.optim.momentum, acdc.optim.weight_decay) == (
+            "sgd",
+            0.01,
+            0.9,
+            1e-4,
+        )
+        assert (acdc.optim.schedule, acdc.optim.poly_power, acdc.train.val_every) == ("poly", 0.9, 200)
+        la = load_config(REPO / f"configs/la/{method}.yaml")
+        assert (la.data.dataset, la.net.name, la.data.patch_size) == ("la", "vnet", [112, 112, 80])
+        assert (la.train.iterations, la.eval.stride, la.optim.lr) == (15000, [18, 18, 4], 0.01)
+    mean_teacher = load_config(REPO / "configs/acdc/mean_teacher.yaml").method
+    assert mean_teacher["ema_decay"] == 0.99 and mean_teacher["consistency"] == 0.1
+    assert mean_teacher["rampup_epochs"] * mean_teacher["iterations_per_epoch"] == 30000
+    assert mean_teacher["consistency_start"] == 1000
