@@ -108,8 +108,8 @@ class _CropPool:
         self.labels: list[Tensor] | None = [] if items[0][1] is not None else None
         dtype = _label_dtype([label for _, label in items if label is not None])
         for image, label in items:
-            volume = torch.as_tensor(np.ascontiguousarray(image)).to(device, torch.float32)
-            target = None if label is None else torch.as_tensor(np.ascontiguousarray(label)).to(device, dtype)
+            volume = torch.from_numpy(np.array(image)).to(device, torch.float32)
+            target = None if label is None else torch.from_numpy(np.array(label)).to(device, dtype)
             volume, target = pad_for_crop(volume, target, patch)
             self.images.append(volume)
             if self.labels is not None and target is not None:
