@@ -86,11 +86,12 @@ def _export(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from medsemi.data.registry import list_datasets
     from medsemi.methods import list_methods
-    from medsemi.nets import list_nets
+    from medsemi.nets import list_blocks, list_nets
 
     for title, names in (
         ("methods", list_methods()),
         ("networks", list_nets()),
+        ("blocks", list_blocks()),
         ("datasets", list_datasets()),
     ):
         print(f"{title}: {', '.join(names)}")
@@ -128,9 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config (configs/<dataset>/<method>.yaml)")
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.iterations=1000")
     mode = train.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--resume", action="store_true", help="continue the run in run.dir from its last checkpoint"
-    )
+    mode.add_argument("--resume", action="store_true", help="continue the run in run.dir from its last checkpoint")
     mode.add_argument("--overwrite", action="store_true", help="delete an existing run.dir and start again")
     train.set_defaults(handler=_train)
 
@@ -152,9 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip <name>_uncertainty (entropy of the mean softmax over flips and ensemble members)",
     )
-    predict.add_argument(
-        "--overlay", action="store_true", help="also write <name>_overlay/ with a PNG per slice"
-    )
+    predict.add_argument("--overlay", action="store_true", help="also write <name>_overlay/ with a PNG per slice")
     predict.set_defaults(handler=_predict)
 
     suggest = verbs.add_parser("suggest", help="rank the unlabeled patients of a run: what to annotate next")

@@ -83,9 +83,7 @@ def export_onnx(
             f"onnxruntime differs from PyTorch by {difference:.3g} > {tolerance:g}; {output} not written"
         )
     output = Path(output)
-    report = ExportReport(
-        output, ["batch", info.in_channels, *patch], info.class_names, difference, tolerance
-    )
+    report = ExportReport(output, ["batch", info.in_channels, *patch], info.class_names, difference, tolerance)
     atomic_write_bytes(output, buffer)
     atomic_write_text(output.with_suffix(".json"), json.dumps(_card(report, loaded), indent=2) + "\n")
     return report

@@ -45,9 +45,7 @@ def soft_dice_loss(
     return (losses if include_background else losses[1:]).mean()
 
 
-def per_sample_dice_loss(
-    probs: Tensor, target: Tensor, mask: Tensor | None = None, *, smooth: float = 1e-5
-) -> Tensor:
+def per_sample_dice_loss(probs: Tensor, target: Tensor, mask: Tensor | None = None, *, smooth: float = 1e-5) -> Tensor:
     """SS-Net/BCP `mask_DiceLoss` (their LA code): Dice per sample and per class, then the mean of both.
 
     1 - mean_{n,c} (2 sum_i p t m + s) / (sum_i (p + t) m + s): linear denominators, background included.
@@ -100,8 +98,6 @@ def sigmoid_rampup(current: float, length: float) -> float:
     return float(math.exp(-5.0 * (1.0 - t) ** 2))
 
 
-def consistency_weight(
-    step: int, max_weight: float, rampup_epochs: float, iterations_per_epoch: int
-) -> float:
+def consistency_weight(step: int, max_weight: float, rampup_epochs: float, iterations_per_epoch: int) -> float:
     """SSL4MIS ramp: max_weight * sigmoid_rampup(step // iterations_per_epoch, rampup_epochs)."""
     return max_weight * sigmoid_rampup(step // iterations_per_epoch, rampup_epochs)

@@ -124,9 +124,7 @@ def suggest(
     loaded = load_run(Path(run_dir), checkpoint)
     config = loaded.config
     dataset = create_dataset(config.data.dataset, config.data.root, **config.data.options)
-    split = make_split(
-        dataset, config.data.labeled, Path(config.data.split_file) if config.data.split_file else None
-    )
+    split = make_split(dataset, config.data.labeled, Path(config.data.split_file) if config.data.split_file else None)
     if not split.unlabeled:
         raise ValueError(f"{run_dir}: the run's split has no unlabeled cases to suggest from")
     by_patient: dict[str, list[Case]] = {}

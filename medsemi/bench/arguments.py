@@ -27,9 +27,7 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
         help="bench: schedule length (iteration-measured method options scale with it); "
         "throughput: timed iterations per measurement (default 20)",
     )
-    parser.add_argument(
-        "--out", default=None, help="output folder (default runs/bench/<protocol or throughput>)"
-    )
+    parser.add_argument("--out", default=None, help="output folder (default runs/bench/<protocol or throughput>)")
     parser.add_argument(
         "--dataset",
         default=None,
@@ -43,18 +41,14 @@ def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--root", default=".cache/data/ACDC", help="ACDC folder")
     group.add_argument("--data-options", default="{}", help="YAML mapping of dataset options")
     group.add_argument("--labeled", type=int, default=3, help="labeled patients")
-    group.add_argument(
-        "--net-options", default="{}", help="YAML mapping merged into each method's net options"
-    )
+    group.add_argument("--net-options", default="{}", help="YAML mapping merged into each method's net options")
     group.add_argument("--device", default="auto")
     group.add_argument("--batch", type=int, default=24, help="images per step, half labeled (default 24)")
     group.add_argument("--patch", type=int, default=256, help="square patch side (default 256)")
     group.add_argument("--warmup", type=int, default=5, help="untimed iterations first (default 5)")
     group.add_argument("--workers", type=int, default=16, help="reference DataLoader workers (SSL4MIS: 16)")
     group.add_argument("--amp", action="store_true", help="also measure the fast path with autocast")
-    group.add_argument(
-        "--channels-last", action="store_true", help="also measure the fast path channels-last"
-    )
+    group.add_argument("--channels-last", action="store_true", help="also measure the fast path channels-last")
     group.add_argument("--repeats", type=int, default=1, help="interleaved repeats; the median is reported")
     group.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
 
@@ -67,13 +61,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--protocol", default="quick", choices=["quick", "paper"])
     grid.add_argument("--budgets", type=_csv_ints, default=[3, 7], help="labeled patients, e.g. 3,7")
     grid.add_argument("--seeds", type=_csv_ints, default=[1, 2, 3], help="e.g. 1,2,3")
-    grid.add_argument(
-        "--config-dir", default=None, help="where <method>.yaml lives (default configs/<dataset>)"
-    )
+    grid.add_argument("--config-dir", default=None, help="where <method>.yaml lives (default configs/<dataset>)")
     grid.add_argument("--test-limit", type=int, default=None, help="evaluate only the first N test cases")
-    grid.add_argument(
-        "--in-process", action="store_true", help="train in this process (no per-run peak host memory)"
-    )
+    grid.add_argument("--in-process", action="store_true", help="train in this process (no per-run peak host memory)")
     grid.add_argument("overrides", nargs="*", help="key=value overrides for every run, after the protocol's")
     parser.add_argument("--throughput", action="store_true", help="measure data-path throughput instead")
     add_throughput_arguments(parser)

@@ -106,9 +106,7 @@ def collect(run: RunSpec, test_limit: int | None, failed: dict[Path, str]) -> Ru
     complete = is_complete(run.run_dir, test_limit)
     status = "complete" if complete else "failed" if run.run_dir in failed else "incomplete"
     result = RunResult(run, status)
-    result.curve, result.iterations, result.best_step, result.best_val_dice = read_curve(
-        run.run_dir / "log.csv"
-    )
+    result.curve, result.iterations, result.best_step, result.best_val_dice = read_curve(run.run_dir / "log.csv")
     if not complete:
         return result
     for rule in RULES:
@@ -172,9 +170,7 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _markdown(
-    spec: BenchSpec, results: list[RunResult], rows: list[dict[str, Any]], failed: dict[Path, str]
-) -> str:
+def _markdown(spec: BenchSpec, results: list[RunResult], rows: list[dict[str, Any]], failed: dict[Path, str]) -> str:
     seeds = ", ".join(str(s) for s in spec.seeds)
     index = {(r["method"], r["labeled"], r["checkpoint"], r["class"], r["metric"]): r for r in rows}
     iterations = sorted({r.iterations for r in results if r.status == "complete"})
@@ -198,9 +194,7 @@ def _markdown(
         groups = [(m, b) for b in spec.budgets for m in spec.methods if (m, b, rule, MEAN, "dice") in index]
         if not groups:
             continue
-        classes = list(
-            dict.fromkeys(r["class"] for r in rows if r["checkpoint"] == rule and r["class"] != MEAN)
-        )
+        classes = list(dict.fromkeys(r["class"] for r in rows if r["checkpoint"] == rule and r["class"] != MEAN))
         title = RULE_TITLES[rule]
         lines += ["", f"## Checkpoint rule: {title} (protocol `{spec.protocol.name}`, seeds {seeds})", ""]
         header = [
@@ -333,9 +327,7 @@ def _run_rows(results: list[RunResult], protocol: str) -> list[dict[str, Any]]:
             "seed": r.run.seed,
             "status": r.status,
             "iterations": r.iterations,
-            **{
-                key: r.cost.get(key) for key in ("train_wall_s", "eval_wall_s", "peak_rss_mb", "peak_cuda_mb")
-            },
+            **{key: r.cost.get(key) for key in ("train_wall_s", "eval_wall_s", "peak_rss_mb", "peak_cuda_mb")},
             "device": r.cost.get("device", ""),
             "best_step": r.best_step,
             "best_val_dice": r.best_val_dice,

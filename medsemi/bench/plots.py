@@ -53,9 +53,7 @@ def plot_dice_vs_budget(rows: list[dict[str, Any]], path: Path, title: str) -> N
                 [m - lo for m, lo in zip(median, low, strict=True)],
                 [h - m for m, h in zip(median, high, strict=True)],
             ]
-            axis.errorbar(
-                budgets, median, yerr=errors, marker="o", capsize=3, label=method, color=colours[method]
-            )
+            axis.errorbar(budgets, median, yerr=errors, marker="o", capsize=3, label=method, color=colours[method])
         axis.set_xticks(sorted({r["labeled"] for r in mean_dice}))
         axis.set_xlabel("labeled patients")
         axis.set_ylabel("test Dice (mean over classes)")

@@ -92,9 +92,7 @@ def method_option_values(config: Config) -> dict[str, Any]:
     from medsemi.methods.base import method_class
 
     options = method_class(config.method_name).Options
-    defaults = {
-        f.name: f.default for f in dataclasses.fields(options) if f.default is not dataclasses.MISSING
-    }
+    defaults = {f.name: f.default for f in dataclasses.fields(options) if f.default is not dataclasses.MISSING}
     return {**defaults, **config.method_options}
 
 
@@ -107,11 +105,7 @@ def scaled_options(config: Config, iterations: int) -> list[str]:
     values = method_option_values(config)
     overrides = []
     for name, value in sorted(values.items()):
-        if (
-            not is_iteration_option(name, values)
-            or isinstance(value, bool)
-            or not isinstance(value, int | float)
-        ):
+        if not is_iteration_option(name, values) or isinstance(value, bool) or not isinstance(value, int | float):
             continue
         if isinstance(value, int):
             scaled: int | float = max(round(value * factor), 1) if value > 0 else value

@@ -143,9 +143,7 @@ def plan(spec: BenchSpec) -> list[RunSpec]:
                 run_dir = run_dir_of(spec.out, method, budget, seed)
                 grid = [f"data.labeled={budget}", f"seed={seed}", f"run.dir={run_dir}"]
                 runs.append(
-                    RunSpec(
-                        method, budget, seed, run_dir, spec.base_config(method), (*per_method[method], *grid)
-                    )
+                    RunSpec(method, budget, seed, run_dir, spec.base_config(method), (*per_method[method], *grid))
                 )
     return runs
 
@@ -200,9 +198,7 @@ def _train_in_process(run: RunSpec, test_limit: int | None) -> None:
         raise
 
 
-def run_bench(
-    spec: BenchSpec, *, isolate: bool = True, report: Callable[[str], None] = print
-) -> BenchOutcome:
+def run_bench(spec: BenchSpec, *, isolate: bool = True, report: Callable[[str], None] = print) -> BenchOutcome:
     """Train/evaluate what is missing, then write the leaderboard (tables, CSVs, plots) into spec.out."""
     from medsemi.bench.leaderboard import write_leaderboard
 

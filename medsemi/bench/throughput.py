@@ -91,9 +91,7 @@ class ReferenceSlices(Dataset):
 
     Each worker process draws from its own generator (seeded by seed and worker id)."""
 
-    def __init__(
-        self, slices: list[tuple[np.ndarray, np.ndarray]], patch: tuple[int, int], seed: int
-    ) -> None:
+    def __init__(self, slices: list[tuple[np.ndarray, np.ndarray]], patch: tuple[int, int], seed: int) -> None:
         self.slices, self.patch, self.seed = slices, patch, seed
         self._rng: np.random.Generator | None = None
 
@@ -298,9 +296,7 @@ def run_throughput(spec: ThroughputSpec) -> dict[str, Any]:
         for _ in range(spec.repeats):
             for name in methods:
                 for variant in spec.variants():
-                    samples.setdefault((name, variant), []).append(
-                        measure(name, variant, split, spec, info, device)
-                    )
+                    samples.setdefault((name, variant), []).append(measure(name, variant, split, spec, info, device))
         threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(default_threads)

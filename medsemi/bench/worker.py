@@ -107,9 +107,7 @@ def execute(config: Config, test_limit: int | None = None, *, isolated: bool = T
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m medsemi.bench.worker", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m medsemi.bench.worker", description=__doc__.split("\n")[0])
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--test-limit", type=int, default=None)

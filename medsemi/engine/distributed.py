@@ -65,9 +65,7 @@ def setup(device: torch.device) -> tuple[DistContext, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if dist.get_world_size() != context.world_size:
-        raise RuntimeError(
-            f"process group has {dist.get_world_size()} ranks, WORLD_SIZE says {context.world_size}"
-        )
+        raise RuntimeError(f"process group has {dist.get_world_size()} ranks, WORLD_SIZE says {context.world_size}")
     return context, device
 
 
@@ -91,8 +89,7 @@ def per_rank_batch(global_batch: int, context: DistContext, name: str) -> int:
     """The configured batch is the global one (the papers' protocol at any GPU count); ranks share it."""
     if global_batch % context.world_size:
         raise ValueError(
-            f"{name}={global_batch} is the global batch: it must be divisible by the {context.world_size} "
-            "processes"
+            f"{name}={global_batch} is the global batch: it must be divisible by the {context.world_size} processes"
         )
     return global_batch // context.world_size
 
@@ -160,9 +157,7 @@ def average_gradients(modules: Iterable[nn.Module], context: DistContext) -> Non
     parameters = list(dict.fromkeys(p for module in modules for p in module.parameters() if p.requires_grad))
     if not parameters:
         return
-    reached = torch.tensor(
-        [p.grad is not None for p in parameters], dtype=torch.uint8, device=parameters[0].device
-    )
+    reached = torch.tensor([p.grad is not None for p in parameters], dtype=torch.uint8, device=parameters[0].device)
     dist.all_reduce(reached, op=dist.ReduceOp.MAX)
     touched = [p for p, flag in zip(parameters, reached.tolist(), strict=True) if flag]
     for parameter in touched:

@@ -105,9 +105,7 @@ class Trainer:
         self.config = config
         self.run_dir = Path(config.run.dir)
         self.dist, self.device = distributed.setup(resolve_device(config.train.device))
-        distributed.on_main(
-            self.dist, lambda: prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
-        )
+        distributed.on_main(self.dist, lambda: prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite))
         seed_everything(config.seed)
         dataset = create_dataset(config.data.dataset, config.data.root, **config.data.options)
         self.info = dataset.info
@@ -119,9 +117,7 @@ class Trainer:
             net=NetSpec(config.net.name, dict(config.net.options)),
             iterations=config.train.iterations,
         )
-        self.method: Method = create_method(config.method_name, config.method_options, context).to(
-            self.device
-        )
+        self.method: Method = create_method(config.method_name, config.method_options, context).to(self.device)
         if self.method.uses_unlabeled:
             require_unlabeled(self.split, config.method_name)
         if self.dist.enabled:
@@ -134,9 +130,7 @@ class Trainer:
             self.split.unlabeled if self.method.uses_unlabeled else [],
             spatial_dims=self.info.spatial_dims,
             patch_size=tuple(config.data.patch_size),
-            batch_labeled=distributed.per_rank_batch(
-                config.data.batch_labeled, self.dist, "data.batch_labeled"
-            ),
+            batch_labeled=distributed.per_rank_batch(config.data.batch_labeled, self.dist, "data.batch_labeled"),
             batch_unlabeled=distributed.per_rank_batch(
                 config.data.batch_unlabeled if self.method.uses_unlabeled else 0,
                 self.dist,
@@ -153,9 +147,7 @@ class Trainer:
         self.state = TrainState()
         self.checkpoint_dir = self.run_dir / "checkpoints"
         last = self.checkpoint_dir / "last.pt"
-        checkpoint = distributed.on_main(
-            self.dist, lambda: load_checkpoint(last) if resume and last.exists() else None
-        )
+        checkpoint = distributed.on_main(self.dist, lambda: load_checkpoint(last) if resume and last.exists() else None)
         if checkpoint is not None:
             self._restore(checkpoint)
         if self.dist.is_main:
@@ -375,9 +367,7 @@ def _channels_last(batch: Any) -> Any:
 def _progress(stage: Stage, initial: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
-    return tqdm(
-        total=stage.iterations, initial=initial, desc=stage.name, disable=not enabled, dynamic_ncols=True
-    )
+    return tqdm(total=stage.iterations, initial=initial, desc=stage.name, disable=not enabled, dynamic_ncols=True)
 
 
 def _tensorboard(run_dir: Path) -> Any:

@@ -140,9 +140,7 @@ def evaluate_run(
         raise ValueError(f"{run_dir}: the {split!r} split of {config.data.dataset} is empty")
     cases = cases[:limit]
     extremes = ExtremeCases(axis=slice_axis(loaded.info.spatial_dims))
-    rows = evaluate_cases(
-        loaded.method.predictor(), cases, loaded.info, config, loaded.device, on_case=extremes
-    )
+    rows = evaluate_cases(loaded.method.predictor(), cases, loaded.info, config, loaded.device, on_case=extremes)
     summary = {**summarise(rows), "checkpoint": loaded.checkpoint}
     out = run_dir / "eval" / f"{split}_{loaded.checkpoint}"
     out.mkdir(parents=True, exist_ok=True)

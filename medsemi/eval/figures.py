@@ -233,9 +233,7 @@ class ExtremeCases:
             for position, (case_id, score) in enumerate(ids, start=1):
                 if case_id in self.kept:
                     path = Path(out_dir) / f"{kind}_{position}_{case_id}.png"
-                    _plot_case(
-                        self.kept[case_id], f"{kind} {position}: {case_id}, mean {metric} {score:.3f}", path
-                    )
+                    _plot_case(self.kept[case_id], f"{kind} {position}: {case_id}, mean {metric} {score:.3f}", path)
                     written.append(path)
         return written
 
@@ -248,9 +246,7 @@ def worst_and_best(
     by_case: dict[str, list[float]] = {}
     for row in rows:
         by_case.setdefault(row["case_id"], []).append(float(row[metric]))
-    ranked = sorted(
-        ((case, float(np.mean(values))) for case, values in by_case.items()), key=lambda item: item[1]
-    )
+    ranked = sorted(((case, float(np.mean(values))) for case, values in by_case.items()), key=lambda item: item[1])
     take = max(1, min(count, len(ranked) // 2)) if ranked else 0
     worst = ranked[:take]
     best = [item for item in reversed(ranked) if item not in worst][:take]

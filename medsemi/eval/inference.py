@@ -104,9 +104,7 @@ def sliding_window(
     """
     dims = len(patch_size)
     if image.dim() != dims + 1 or len(stride) != dims:
-        raise ValueError(
-            f"image {tuple(image.shape)}, patch {patch_size} and stride {stride} disagree on dims"
-        )
+        raise ValueError(f"image {tuple(image.shape)}, patch {patch_size} and stride {stride} disagree on dims")
     image = image.to(_device(net, image.device), torch.float32)
     shape = image.shape[1:]
     pads = [max(p - n, 0) for n, p in zip(shape, patch_size, strict=True)]
@@ -114,8 +112,7 @@ def sliding_window(
     padded_shape = padded.shape[1:]
     axes = [window_starts(n, p, s) for n, p, s in zip(padded_shape, patch_size, stride, strict=True)]
     boxes = [
-        tuple(slice(o, o + p) for o, p in zip(origin, patch_size, strict=True))
-        for origin in itertools.product(*axes)
+        tuple(slice(o, o + p) for o, p in zip(origin, patch_size, strict=True)) for origin in itertools.product(*axes)
     ]
     count = torch.zeros(padded_shape, device=image.device)
     score: Tensor | None = None

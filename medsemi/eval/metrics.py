@@ -55,9 +55,7 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask ^ ndimage.binary_erosion(mask, structure=footprint, iterations=1)
 
 
-def _directed(
-    surfaces: tuple[np.ndarray, np.ndarray], spacing: Sequence[float] | None
-) -> tuple[np.ndarray, ...]:
+def _directed(surfaces: tuple[np.ndarray, np.ndarray], spacing: Sequence[float] | None) -> tuple[np.ndarray, ...]:
     pred_surface, gt_surface = surfaces
     to_gt = ndimage.distance_transform_edt(~gt_surface, sampling=spacing)[pred_surface]
     to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)[gt_surface]
@@ -88,9 +86,7 @@ def hd95_from_distances(pred_to_gt: np.ndarray, gt_to_pred: np.ndarray, mode: HD
     raise ValueError(f"unknown hd95 mode {mode!r}; use 'pooled' or 'max'")
 
 
-def _distance_pair(
-    surfaces: tuple[np.ndarray, np.ndarray], spacing: Sequence[float] | None
-) -> tuple[float, float]:
+def _distance_pair(surfaces: tuple[np.ndarray, np.ndarray], spacing: Sequence[float] | None) -> tuple[float, float]:
     to_gt, to_pred = _directed(surfaces, spacing)
     return hd95_from_distances(to_gt, to_pred), float(to_gt.mean())
 
@@ -134,9 +130,7 @@ def binary_metrics(
     n_pred, n_gt = int(pred.sum()), int(gt.sum())
     dice, jaccard = _overlap(convention, n_pred, n_gt, int(np.logical_and(pred, gt).sum()))
     measured = _distance_pair(_cropped_surfaces(pred, gt), spacing) if n_pred and n_gt else None
-    hd95, asd = _conventional(
-        convention, n_pred == 0, n_gt == 0, measured, image_diagonal(pred.shape, spacing)
-    )
+    hd95, asd = _conventional(convention, n_pred == 0, n_gt == 0, measured, image_diagonal(pred.shape, spacing))
     return BinaryMetrics(dice, jaccard, hd95, asd)
 
 

@@ -37,9 +37,7 @@ def largest_connected_component(
     `connectivity`: 1 = faces only, up to the number of dims = full (the default).
     """
     if per_slice:
-        return np.stack(
-            [largest_connected_component(s, num_classes, connectivity=connectivity) for s in labels]
-        )
+        return np.stack([largest_connected_component(s, num_classes, connectivity=connectivity) for s in labels])
     structure = ndimage.generate_binary_structure(labels.ndim, connectivity or labels.ndim)
     result = np.zeros_like(labels)
     for c in range(1, num_classes):
@@ -129,8 +127,6 @@ def largest_component_torch(
         return _propagated_lcc(labels, num_classes, connectivity)
     if backend == "scipy":
         samples = labels.cpu().numpy()
-        kept = np.stack(
-            [largest_connected_component(s, num_classes, connectivity=connectivity) for s in samples]
-        )
+        kept = np.stack([largest_connected_component(s, num_classes, connectivity=connectivity) for s in samples])
         return torch.from_numpy(kept).to(labels.device)
     raise ValueError(f"unknown backend {backend!r}; use 'auto', 'propagate' or 'scipy'")

@@ -66,9 +66,7 @@ def _metric_names(rows: list[dict[str, Any]]) -> list[str]:
         name
         for name in _columns(rows)
         if name not in excluded
-        and all(
-            isinstance(row.get(name), int | float) and not isinstance(row.get(name), bool) for row in rows
-        )
+        and all(isinstance(row.get(name), int | float) and not isinstance(row.get(name), bool) for row in rows)
     ]
 
 
@@ -83,9 +81,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     by_class: dict[Any, list[dict[str, Any]]] = {}
     for row in rows:
         by_class.setdefault(row["class"], []).append(row)
-    per_class = {
-        c: {m: float(np.mean([r[m] for r in group])) for m in metrics} for c, group in by_class.items()
-    }
+    per_class = {c: {m: float(np.mean([r[m] for r in group])) for m in metrics} for c, group in by_class.items()}
     spread = {c: {m: float(np.std([r[m] for r in group])) for m in metrics} for c, group in by_class.items()}
     mean = {m: float(np.mean([values[m] for values in per_class.values()])) for m in metrics}
     return {
@@ -101,8 +97,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows = [
-        {"class": c, **values, "empty_pred": summary["empty_pred"][c]}
-        for c, values in summary["per_class"].items()
+        {"class": c, **values, "empty_pred": summary["empty_pred"][c]} for c, values in summary["per_class"].items()
     ]
     rows.append({"class": "mean", **summary["mean"], "empty_pred": sum(summary["empty_pred"].values())})
     return rows

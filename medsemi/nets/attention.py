@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from medsemi.nets.registry import create_block, register_block
+
 
 class ChannelAttention(nn.Module):
     """Shared MLP C -> C/r -> C on the average- and max-pooled descriptors, summed, sigmoid per channel.
@@ -56,15 +58,26 @@ class CBAM(nn.Module):
         return self.spatial(self.channel(x))
 
 
+@register_block("ca")
+def channel_attention(channels: int, reduction: int = 16) -> ChannelAttention:
+    return ChannelAttention(channels, reduction)
+
+
+@register_block("sa")
+def spatial_attention(channels: int, kernel_size: int = 7) -> SpatialAttention:
+    return SpatialAttention(kernel_size)
+
+
+@register_block("csa")
+def cbam(channels: int, reduction: int = 16, kernel_size: int = 7) -> CBAM:
+    return CBAM(channels, reduction, kernel_size)
+
+
 ATTENTION_KINDS = ("csa", "sa", "ca")
 
 
 def make_attention(kind: str, channels: int) -> nn.Module:
     """CDMA's names: "csa" = CBAM, "sa" = spatial only, "ca" = channel only (paper defaults r=16, k=7)."""
-    if kind == "csa":
-        return CBAM(channels)
-    if kind == "sa":
-        return SpatialAttention()
-    if kind == "ca":
-        return ChannelAttention(channels)
-    raise ValueError(f"attention {kind!r} is not one of {ATTENTION_KINDS}")
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"attention {kind!r} is not one of {ATTENTION_KINDS}")
+    return create_block(kind, channels=channels)

@@ -185,9 +185,7 @@ class DualStreamNet(nn.Module):
             raise ValueError(f"dual_stream: patch_size must be a power of two, got {patch_size}")
         levels = tuple(coupling_levels)
         if not levels or list(levels) != sorted(set(levels)) or levels[-1] >= len(widths):
-            raise ValueError(
-                f"dual_stream: coupling_levels {levels} must be increasing U-Net levels < {len(widths)}"
-            )
+            raise ValueError(f"dual_stream: coupling_levels {levels} must be increasing U-Net levels < {len(widths)}")
         if any(2**level > patch_size for level in levels):
             raise ValueError(
                 f"dual_stream: coupling level strides {[2**lv for lv in levels]} exceed patch {patch_size}"

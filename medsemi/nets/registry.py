@@ -26,3 +26,20 @@ def create_net(name: str, *, in_channels: int, num_classes: int, **options) -> n
 
 def list_nets() -> list[str]:
     return NETS.names()
+
+
+BLOCKS: Registry[nn.Module] = Registry("block")
+
+
+def register_block(name: str) -> Callable:
+    """Register `factory(channels: int, **options) -> nn.Module`, a (B, C, *spatial) -> same-shape block that
+    networks compose (attention gates); segmenters live in the network registry."""
+    return BLOCKS.register(name)
+
+
+def create_block(name: str, *, channels: int, **options) -> nn.Module:
+    return BLOCKS.get(name)(channels=channels, **options)
+
+
+def list_blocks() -> list[str]:
+    return BLOCKS.names()

@@ -56,8 +56,7 @@ def load_pretrained(net: nn.Module, path: str | Path, *, strict: bool = True) ->
     if strict and (missing or unexpected or reshaped):
         counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(reshaped)} with other shapes"
         raise ValueError(
-            f"{path}: keys do not match the network ({counts}; {problems}); "
-            "pretrained_strict=false loads the overlap"
+            f"{path}: keys do not match the network ({counts}; {problems}); pretrained_strict=false loads the overlap"
         )
     if missing or unexpected or reshaped:
         warnings.warn(f"{path}: loaded {len(matching)} tensors, skipped ({problems})", stacklevel=2)

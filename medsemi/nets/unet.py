@@ -36,9 +36,7 @@ class UNetEncoder(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList([ConvBlock(in_channels, widths[0], dropouts[0])])
         for i in range(1, len(widths)):
-            self.blocks.append(
-                nn.Sequential(nn.MaxPool2d(2), ConvBlock(widths[i - 1], widths[i], dropouts[i]))
-            )
+            self.blocks.append(nn.Sequential(nn.MaxPool2d(2), ConvBlock(widths[i - 1], widths[i], dropouts[i])))
 
     def forward(self, x: Tensor) -> list[Tensor]:
         skips = []

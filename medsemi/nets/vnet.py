@@ -45,9 +45,7 @@ class VNetEncoder(nn.Module):
                 conv_stage(3, 16 * f, 16 * f),
             ]
         )
-        self.downs = nn.ModuleList(
-            [down(f, 2 * f), down(2 * f, 4 * f), down(4 * f, 8 * f), down(8 * f, 16 * f)]
-        )
+        self.downs = nn.ModuleList([down(f, 2 * f), down(2 * f, 4 * f), down(4 * f, 8 * f), down(8 * f, 16 * f)])
         self.dropout = nn.Dropout3d(dropout)
 
     def forward(self, x: Tensor) -> list[Tensor]:

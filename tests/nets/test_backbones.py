@@ -35,3 +35,14 @@ def test_registry_lists_and_rejects_unknown_names() -> None:
     assert {"unet", "vnet"} <= set(list_nets())
     with pytest.raises(KeyError, match="unknown network 'unet3'"):
         create_net("unet3", in_channels=1, num_classes=2)
+
+
+def test_attention_blocks_are_registered_and_keep_shapes() -> None:
+    from medsemi.nets import create_block, list_blocks
+
+    assert {"ca", "sa", "csa"} <= set(list_blocks())
+    x = torch.randn(2, 8, 6, 5)
+    for name in ("ca", "sa", "csa"):
+        block = create_block(name, channels=8)
+        assert block(x).shape == x.shape
+        assert not torch.equal(block(x), x)
