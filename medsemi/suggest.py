@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from medsemi.data.cases import Case
-from medsemi.data.registry import create_dataset
-from medsemi.data.splits import make_split
+from medsemi.data.splits import load_split
 from medsemi.engine.checkpoint import atomic_write_text
 from medsemi.eval.evaluate import load_run
 from medsemi.eval.uncertainty import uncertainty_map
@@ -123,8 +122,7 @@ def suggest(
         raise ValueError(f"--budget must be >= 1, got {budget}")
     loaded = load_run(Path(run_dir), checkpoint)
     config = loaded.config
-    dataset = create_dataset(config.data.dataset, config.data.root, **config.data.options)
-    split = make_split(dataset, config.data.labeled, Path(config.data.split_file) if config.data.split_file else None)
+    _, split = load_split(config.data)
     if not split.unlabeled:
         raise ValueError(f"{run_dir}: the run's split has no unlabeled cases to suggest from")
     by_patient: dict[str, list[Case]] = {}

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from medsemi.data.cases import Case, DataError, Dataset
+from medsemi.config import DataConfig
+from medsemi.data.cases import Case, DataError, Dataset, DatasetInfo
+from medsemi.data.registry import create_dataset
 
 SPLIT_KEYS = ("labeled", "unlabeled", "val", "test")
 
@@ -159,3 +161,10 @@ def _check_disjoint(path: Path, chosen: dict[str, list[Case]]) -> None:
     leaked = sorted(training & evaluation)
     if leaked:
         raise DataError(f"{path}: patients in both training and val/test (a leak): {leaked[:10]}")
+
+
+def load_split(data: DataConfig) -> tuple[DatasetInfo, Split]:
+    """The configured dataset with its budget (or split file) applied: training, evaluation and `suggest`
+    must see the same split, so they all read it here."""
+    dataset = create_dataset(data.dataset, data.root, **data.options)
+    return dataset.info, make_split(dataset, data.labeled, Path(data.split_file) if data.split_file else None)

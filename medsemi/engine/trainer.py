@@ -16,8 +16,7 @@ from torch import Tensor, nn
 
 from medsemi.config import Config, save_config
 from medsemi.data.cases import DataError
-from medsemi.data.registry import create_dataset
-from medsemi.data.splits import Split, make_split, require_unlabeled
+from medsemi.data.splits import load_split, require_unlabeled
 from medsemi.data.stream import BatchStream
 from medsemi.engine import distributed
 from medsemi.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
@@ -107,11 +106,7 @@ class Trainer:
         self.dist, self.device = distributed.setup(resolve_device(config.train.device))
         distributed.on_main(self.dist, lambda: prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite))
         seed_everything(config.seed)
-        dataset = create_dataset(config.data.dataset, config.data.root, **config.data.options)
-        self.info = dataset.info
-        self.split: Split = make_split(
-            dataset, config.data.labeled, Path(config.data.split_file) if config.data.split_file else None
-        )
+        self.info, self.split = load_split(config.data)
         context = MethodContext(
             info=self.info,
             net=NetSpec(config.net.name, dict(config.net.options)),

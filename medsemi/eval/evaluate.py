@@ -14,8 +14,7 @@ from tqdm import tqdm
 
 from medsemi.config import Config, load_config
 from medsemi.data.cases import Case, DatasetInfo
-from medsemi.data.registry import create_dataset
-from medsemi.data.splits import make_split
+from medsemi.data.splits import load_split
 from medsemi.engine.checkpoint import load_checkpoint
 from medsemi.eval.figures import ExtremeCases, slice_axis
 from medsemi.eval.inference import predict_case
@@ -134,8 +133,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     loaded = load_run(run_dir, checkpoint)
     config = loaded.config
-    dataset = create_dataset(config.data.dataset, config.data.root, **config.data.options)
-    cases = getattr(make_split(dataset, config.data.labeled, _split_file(config)), split)
+    cases = getattr(load_split(config.data)[1], split)
     if not cases:
         raise ValueError(f"{run_dir}: the {split!r} split of {config.data.dataset} is empty")
     cases = cases[:limit]
@@ -161,7 +159,3 @@ def evaluate_run(
     plot_case_dice(rows, out / "dice.png")
     extremes.write(rows, out / "overlays")
     return summary
-
-
-def _split_file(config: Config) -> Path | None:
-    return Path(config.data.split_file) if config.data.split_file else None
