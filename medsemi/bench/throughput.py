@@ -38,6 +38,7 @@ from medsemi.data.registry import create_dataset
 from medsemi.data.splits import Split, make_split
 from medsemi.data.stream import BatchStream
 from medsemi.engine.checkpoint import atomic_write_text
+from medsemi.engine.step import OptimisationStep
 from medsemi.engine.trainer import build_optimizer, resolve_device, seed_everything
 from medsemi.methods import Batch, Method, MethodContext, create_method
 from medsemi.methods.base import NetSpec
@@ -175,14 +176,6 @@ def _fast_batches(
         step += 1
 
 
-def _channels_last(batch: Batch) -> Batch:
-    for name in ("image_l", "image_u", "image_u_strong"):
-        value = getattr(batch, name)
-        if value is not None:
-            setattr(batch, name, value.contiguous(memory_format=torch.channels_last))
-    return batch
-
-
 def _rss_mb() -> float:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -228,23 +221,11 @@ def measure(
         if variant == REFERENCE
         else _fast_batches(split, spec, method, labeled, unlabeled, device)
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    optimisation = OptimisationStep(method, optimizers, device, amp=amp, channels_last=channels_last)
     middle = stage.iterations // 2  # ramps and warm-ups are over: every loss term is active
 
     def step() -> None:
-        batch = next(batches)
-        if channels_last:
-            batch = _channels_last(batch)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-            total = sum(method.training_step(batch, middle).values())
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        for optimizer in optimizers:
-            scaler.step(optimizer)
-        scaler.update()
-        method.after_step(middle)
+        optimisation.update(sum(optimisation.losses(next(batches), middle).values()), middle)
 
     try:
         for _ in range(spec.warmup):

@@ -20,6 +20,7 @@ from medsemi.data.splits import load_split, require_unlabeled
 from medsemi.data.stream import BatchStream
 from medsemi.engine import distributed
 from medsemi.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from medsemi.engine.step import OptimisationStep
 from medsemi.eval.evaluate import evaluate_cases, mean_dice
 from medsemi.methods import Method, MethodContext, create_method
 from medsemi.methods.base import NetSpec, Stage
@@ -264,9 +265,13 @@ class Trainer:
                 optimizer.load_state_dict(pending[name])
         self._pending_optimizers = None
         config = self.config.train
-        use_amp = config.amp
-        scaler = torch.amp.GradScaler(self.device.type, enabled=use_amp and self.device.type == "cuda")
-        amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        optimisation = OptimisationStep(
+            self.method,
+            list(optimizers.values()),
+            self.device,
+            amp=config.amp,
+            channels_last=config.channels_last and self.info.spatial_dims == 2,
+        )
         progress = _progress(stage, self.state.step, config.progress and self.dist.is_main)
         self.method.train()
         writer = _tensorboard(self.run_dir) if self.dist.is_main else None
@@ -275,11 +280,7 @@ class Trainer:
             for name, optimizer in optimizers.items():
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(settings[name], step, stage.iterations)
-            batch = self.stream.batch(self.state.global_step)
-            if config.channels_last and self.info.spatial_dims == 2:
-                batch = _channels_last(batch)
-            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
-                losses = self.method.training_step(batch, step)
+            losses = optimisation.losses(self.stream.batch(self.state.global_step), step)
             total = sum(losses.values())
             terms = torch.stack([total.detach().float(), *(v.detach().float() for v in losses.values())])
             values = distributed.mean_over_ranks(terms, self.dist).tolist()  # one host sync per step
@@ -289,14 +290,7 @@ class Trainer:
                     f"{self.run_dir}: loss {bad} became {values[0]} at stage {stage.name!r} step {step}; "
                     f"the last good checkpoint is {self.checkpoint_dir / 'last.pt'}"
                 )
-            for optimizer in optimizers.values():
-                optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            distributed.average_gradients(modules.values(), self.dist)
-            for optimizer in optimizers.values():
-                scaler.step(optimizer)
-            scaler.update()
-            self.method.after_step(step)
+            optimisation.update(total, step, lambda: distributed.average_gradients(modules.values(), self.dist))
             self.state.step += 1
             self.state.global_step += 1
             row: dict[str, Any] = {
@@ -349,14 +343,6 @@ def _column_order(column: str) -> tuple[int, str]:
 
 def _format(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def _channels_last(batch: Any) -> Any:
-    for name in ("image_l", "image_u", "image_u_strong"):
-        value = getattr(batch, name)
-        if value is not None and value.dim() == 4:
-            setattr(batch, name, value.contiguous(memory_format=torch.channels_last))
-    return batch
 
 
 def _progress(stage: Stage, initial: int, enabled: bool) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from typing import Literal
 
@@ -156,16 +156,15 @@ def predict_case(
     return sliding_window(net, image, patch_size, stride, batch_size=batch_size)
 
 
-def tta_flips(predict_fn: Callable[[Tensor], Tensor], image: Tensor, dims: Sequence[int]) -> list[Tensor]:
+def tta_flips(predict_fn: Callable[[Tensor], Tensor], image: Tensor, dims: Sequence[int]) -> Iterator[Tensor]:
     """Probabilities for every combination of flips over `dims` (spatial axes, 0 = first), flipped back.
 
-    The first entry is the unflipped prediction; 2 ** len(dims) entries in all (nnU-Net-style mirroring).
-    Their mean is a test-time-augmented prediction, their spread an uncertainty estimate.
+    The first is the unflipped prediction; 2 ** len(dims) in all (nnU-Net-style mirroring). Their mean is a
+    test-time-augmented prediction, their spread an uncertainty estimate. Yielded one at a time, so a caller
+    that accumulates holds one full-volume probability map besides its sum, not 2 ** len(dims).
     """
-    outputs = []
     for count in range(len(dims) + 1):
         for subset in itertools.combinations(dims, count):
             axes = [d + 1 for d in subset]
             probs = predict_fn(image.flip(axes) if axes else image)
-            outputs.append(probs.flip(axes) if axes else probs)
-    return outputs
+            yield probs.flip(axes) if axes else probs

@@ -51,12 +51,13 @@ def mean_probabilities(
     total: Tensor | None = None
     count = 0
     for net in members:
-        outputs = tta_flips(
-            lambda x, net=net: predict_probabilities(net, x.numpy(), info, config, device), tensor, axes
-        )
-        for probs in outputs:
+
+        def predict(x: Tensor, net: nn.Module = net) -> Tensor:
+            return predict_probabilities(net, x.numpy(), info, config, device)
+
+        for probs in tta_flips(predict, tensor, axes):
             total = probs if total is None else total + probs
-        count += len(outputs)
+            count += 1
     if total is None:
         raise ValueError("no ensemble members to predict with")
     return total / count

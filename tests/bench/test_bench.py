@@ -14,7 +14,7 @@ from medsemi.bench.leaderboard import read_summary
 from medsemi.bench.protocols import PAPER, QUICK, Protocol
 from medsemi.bench.runner import BenchError, BenchSpec, plan, run_bench
 from medsemi.cli import main
-from medsemi.config import save_config
+from medsemi.config import Config, save_config
 from medsemi.methods.supervised import Supervised
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,6 +165,20 @@ def test_quick_protocol_scales_every_iteration_measured_option() -> None:
     assert bcp["method.pretrain_iterations"] == "1000"  # 10k pre-training for 30k self-training, kept at 1:3
     config = plan(BenchSpec(QUICK, ("bcp",), (3,), (1,), Path("x"), config_dir=REPO / "configs/acdc"))[0].config()
     assert config.train.iterations == 1000 and config.method["pretrain_iterations"] == 333
+
+
+def test_quick_protocol_narrows_only_the_transformers_and_keeps_their_other_options() -> None:
+    def config(method: str) -> Config:
+        spec = BenchSpec(QUICK, (method,), (3,), (1,), Path("x"), config_dir=REPO / "configs/acdc")
+        return plan(spec)[0].config()
+
+    cross_teaching = config("cross_teaching")
+    assert cross_teaching.method["transformer_options"]["feature_size"] == 24
+    assert cross_teaching.method["transformer_options"]["depths"] == [2, 2, 2, 2]
+    assert cross_teaching.net.name == "unet" and not cross_teaching.net.options
+    semivit = config("semivit")
+    assert semivit.net.name == "swin_unetr" and semivit.net.options == {"feature_size": 24}
+    assert not config("mean_teacher").net.options
 
 
 def test_paper_protocol_keeps_the_configs_and_grid_keys_are_the_grids() -> None:

@@ -120,7 +120,7 @@ def test_predict_case_dispatch():
 
 def test_tta_flips_are_flipped_back():
     image = torch.randn(2, 5, 6, 7)
-    outputs = tta_flips(lambda x: x * torch.arange(7.0), image, dims=(0, 2))
+    outputs = list(tta_flips(lambda x: x * torch.arange(7.0), image, dims=(0, 2)))
     assert len(outputs) == 4
     torch.testing.assert_close(outputs[0], image * torch.arange(7.0))
     torch.testing.assert_close(outputs[1], image * torch.arange(7.0))
