@@ -9,12 +9,13 @@ rows are the cross-entropy target of f_v's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medsemi.losses import consistency_weight, soft_dice_loss
+from medsemi.losses import ce_dice_loss, consistency_weight, soft_dice_loss
 from medsemi.methods.base import Batch, Method, MethodContext, MethodOptions, register_method
 from medsemi.nets.caml import CAMLNet
 
@@ -35,6 +36,7 @@ class CAMLOptions(MethodOptions):
     correlation_temperature: float = 0.1
     normalize_embeddings: bool = False  # official: raw dot products
     detach_targets: bool = False  # official: gradients flow into both sides of L_c and L_o
+    supervised_loss: Literal["dice", "ce_dice"] = "dice"  # official: foreground Dice only (binary LA)
 
 
 class FeatureMemory(nn.Module):
@@ -163,12 +165,15 @@ class CAML(Method):
         probs = [logits.softmax(1) for logits, _ in outputs]
         features = [feature for _, feature in outputs]
 
-        supervised = sum(
-            soft_dice_loss(
-                p[:n_labeled], batch.label_l, smooth=1e-8, squared_denominator=False, include_background=False
+        if o.supervised_loss == "dice":
+            supervised = sum(
+                soft_dice_loss(
+                    p[:n_labeled], batch.label_l, smooth=1e-8, squared_denominator=False, include_background=False
+                )
+                for p in probs
             )
-            for p in probs
-        )
+        else:
+            supervised = sum(ce_dice_loss(logits[:n_labeled], batch.label_l) for logits, _ in outputs)
         targets = [sharpen(p, o.sharpen_temperature) for p in probs]
         if o.detach_targets:
             targets = [t.detach() for t in targets]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from medsemi.data.cases import DatasetInfo
-from medsemi.losses import sigmoid_rampup
+from medsemi.losses import ce_dice_loss, sigmoid_rampup, soft_dice_loss
 from medsemi.methods import Batch, MethodContext, create_method
 from medsemi.methods.base import NetSpec
 from medsemi.methods.caml import CAML, FeatureMemory, correlation_consistency, sharpen
@@ -140,6 +140,35 @@ def test_consistency_and_correlation_reach_both_sub_networks_unless_detached(
     vanilla, auxiliary = _grad_norms(method, losses["correlation"])
     assert vanilla > 0
     assert (auxiliary == 0) if detach else (auxiliary > 0)
+
+
+def test_supervised_loss_is_foreground_dice_by_default_and_ce_dice_on_request(
+    make_batch: Callable[..., Batch],
+) -> None:
+    batch = make_batch(SHAPE_2D)
+    images, n = torch.cat([batch.image_l, batch.image_u]), batch.image_l.shape[0]
+    for choice in ("dice", "ce_dice"):
+        method = _method(supervised_loss=choice)
+        torch.manual_seed(1)
+        outputs = [branch(images, return_features=True) for branch in method.net.branches]
+        if choice == "dice":
+            expected = sum(
+                soft_dice_loss(
+                    logits[:n].softmax(1),
+                    batch.label_l,
+                    smooth=1e-8,
+                    squared_denominator=False,
+                    include_background=False,
+                )
+                for logits, _ in outputs
+            )
+        else:
+            expected = sum(ce_dice_loss(logits[:n], batch.label_l) for logits, _ in outputs)
+        torch.manual_seed(1)
+        losses = method.training_step(batch, step=0)
+        torch.testing.assert_close(losses["supervised"], 0.5 * expected)
+    with pytest.raises(ValueError, match="supervised_loss"):
+        _method(supervised_loss="ce")
 
 
 def test_ramp_follows_the_label_count_and_the_official_counter(make_batch: Callable[..., Batch]) -> None:
