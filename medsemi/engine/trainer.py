@@ -266,11 +266,7 @@ class Trainer:
         self._pending_optimizers = None
         config = self.config.train
         optimisation = OptimisationStep(
-            self.method,
-            list(optimizers.values()),
-            self.device,
-            amp=config.amp,
-            channels_last=config.channels_last and self.info.spatial_dims == 2,
+            self.method, list(optimizers.values()), self.device, amp=config.amp, channels_last=config.channels_last
         )
         progress = _progress(stage, self.state.step, config.progress and self.dist.is_main)
         self.method.train()

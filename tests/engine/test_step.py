@@ -6,11 +6,11 @@ import torch
 
 from medsemi.data.cases import DatasetInfo
 from medsemi.engine.step import OptimisationStep, to_channels_last
-from medsemi.methods import Batch, MethodContext, create_method
+from medsemi.methods import Batch, Method, MethodContext, create_method
 from medsemi.methods.base import NetSpec
 
 
-def _supervised() -> torch.nn.Module:
+def _supervised() -> Method:
     info = DatasetInfo("test", ["bg", "fg"], spatial_dims=2, in_channels=1)
     return create_method("supervised", {}, MethodContext(info, NetSpec("unet", {"widths": (4, 8, 16, 32, 64)}), 10))
 
