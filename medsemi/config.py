@@ -43,6 +43,11 @@ class OptimConfig:
     step_gamma: float = 0.1
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def settings_for(self, module_name: str) -> dict[str, Any]:
+        """The shared settings with `overrides[module_name]` on top (e.g. AdamW for a transformer branch)."""
+        shared = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "overrides"}
+        return {**shared, **self.overrides.get(module_name, {})}
+
 
 @dataclass
 class TrainConfig:

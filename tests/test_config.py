@@ -23,6 +23,18 @@ def test_overrides_win_and_are_parsed_as_yaml() -> None:
     assert config.data.batch_labeled == 12
 
 
+def test_per_module_optimizer_overrides_win_over_the_shared_settings() -> None:
+    config = load_config(
+        REPO / "configs/acdc/cross_teaching.yaml",
+        ["optim.lr=0.02", "optim.overrides={transformer: {name: adamw, lr: 1.0e-4}}"],
+    )
+    transformer, cnn = config.optim.settings_for("transformer"), config.optim.settings_for("cnn")
+    assert (transformer["name"], transformer["lr"]) == ("adamw", pytest.approx(1e-4))
+    assert (cnn["name"], cnn["lr"]) == (config.optim.name, pytest.approx(0.02))
+    assert transformer["weight_decay"] == cnn["weight_decay"] == config.optim.weight_decay
+    assert "overrides" not in cnn
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -211,10 +211,8 @@ def measure(
         method.to(memory_format=torch.channels_last)
     labeled = spec.batch // 2
     unlabeled = spec.batch - labeled if method.uses_unlabeled else 0
-    optim = {k: getattr(config.optim, k) for k in config.optim.__dataclass_fields__ if k != "overrides"}
     optimizers = [
-        build_optimizer(module, {**optim, **config.optim.overrides.get(key, {})})
-        for key, module in method.optimised_modules().items()
+        build_optimizer(module, config.optim.settings_for(key)) for key, module in method.optimised_modules().items()
     ]
     batches = (
         _reference_batches(split, spec, labeled, unlabeled, device)

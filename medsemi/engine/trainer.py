@@ -159,11 +159,6 @@ class Trainer:
             raise DataError(f"train.val_split {split!r} is not one of val, test, none")
         return cases[: self.config.train.val_limit]
 
-    def _optimizer_settings(self, name: str) -> dict[str, Any]:
-        optim = self.config.optim
-        base = {k: getattr(optim, k) for k in optim.__dataclass_fields__ if k != "overrides"}
-        return {**base, **optim.overrides.get(name, {})}
-
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         self.method.load_state_dict(checkpoint["method"])
         self.state = TrainState(**checkpoint["state"])
@@ -257,7 +252,7 @@ class Trainer:
             self.state.stage_index, self.state.step = index, 0
             self.state.best_dice, self.state.best_step = -1.0, -1
         modules = self.method.optimised_modules()
-        settings = {name: self._optimizer_settings(name) for name in modules}
+        settings = {name: self.config.optim.settings_for(name) for name in modules}
         optimizers = {name: build_optimizer(module, settings[name]) for name, module in modules.items()}
         pending = getattr(self, "_pending_optimizers", None)
         if resuming and pending:
