@@ -118,7 +118,11 @@ class Method(nn.Module):
         return [Stage("train", self.context.iterations)]
 
     def start_stage(self, stage: Stage, previous_best: dict[str, Tensor] | None) -> None:
-        """Called before each stage; `previous_best` is the best-on-val state_dict of the previous stage."""
+        """Called before each stage; `previous_best` is the best-on-val state_dict of the previous stage.
+
+        Not called again when a run resumes mid-stage: what it sets must live in parameters or buffers, which
+        the checkpoint restores (BCP's `selftraining` flag, tested in tests/methods/test_bcp.py).
+        """
 
     def log(self, name: str, value: float | Tensor) -> None:
         """Record a diagnostic (not a loss) for the training log."""
