@@ -47,7 +47,7 @@ class RunResult:
     curve: list[tuple[int, float]] = field(default_factory=list)
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
 
@@ -58,7 +58,7 @@ def read_summary(path: Path) -> tuple[dict[str, dict[str, float]], int]:
     The metric columns are those after `class` (the leading columns repeat the header), minus the count
     of empty predictions.
     """
-    rows = _read_csv(path)
+    rows = read_csv_rows(path)
     columns = list(rows[0])
     metrics = [c for c in columns[columns.index("class") + 1 :] if c != "empty_pred"]
     table = {row["class"]: {m: float(row[m]) for m in metrics} for row in rows}
@@ -70,7 +70,7 @@ def read_curve(path: Path) -> tuple[list[tuple[int, float]], int, int | None, fl
     trainer's rule: first strict maximum)."""
     if not path.exists():
         return [], 0, None, None
-    rows = _read_csv(path)
+    rows = read_csv_rows(path)
     if not rows:
         return [], 0, None, None
     curve = [(int(r["global_step"]), float(r["val_dice"])) for r in rows if r.get("val_dice")]
@@ -151,7 +151,8 @@ def aggregate(results: Iterable[RunResult], protocol: str) -> list[dict[str, Any
     return rows
 
 
-def _cell(row: dict[str, Any] | None) -> str:
+def format_cell(row: dict[str, Any] | None) -> str:
+    """A leaderboard row's median in display units, with [min, max] over seeds when there are several."""
     if row is None:
         return "-"
     scale, digits = (100.0, 1) if row["metric"] in PERCENT else (1.0, 2)
@@ -161,7 +162,7 @@ def _cell(row: dict[str, Any] | None) -> str:
     return f"{median} [{row['min'] * scale:.{digits}f}, {row['max'] * scale:.{digits}f}]"
 
 
-def _table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
+def markdown_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(cells) + " |" for cells in body]
 
@@ -214,23 +215,23 @@ def _markdown(spec: BenchSpec, results: list[RunResult], rows: list[dict[str, An
                     str(budget),
                     f"{mean['n_seeds']}/{len(spec.seeds)}",
                     str(mean["test_cases"]),
-                    *(_cell(index.get((method, budget, rule, MEAN, m))) for m in DISPLAY_METRICS),
-                    *(_cell(index.get((method, budget, rule, c, "dice"))) for c in classes),
+                    *(format_cell(index.get((method, budget, rule, MEAN, m))) for m in DISPLAY_METRICS),
+                    *(format_cell(index.get((method, budget, rule, c, "dice"))) for c in classes),
                 ]
             )
-        lines += ["Mean over classes:", "", *_table(header, body), ""]
+        lines += ["Mean over classes:", "", *markdown_table(header, body), ""]
         lines += [f"Per class ({title}, protocol `{spec.protocol.name}`, seeds {seeds}):", ""]
         per_class = [
             [
                 method,
                 str(budget),
                 name,
-                *(_cell(index.get((method, budget, rule, name, m))) for m in DISPLAY_METRICS),
+                *(format_cell(index.get((method, budget, rule, name, m))) for m in DISPLAY_METRICS),
             ]
             for method, budget in groups
             for name in classes
         ]
-        lines += _table(["method", "labeled", "class", *DISPLAY_METRICS.values()], per_class)
+        lines += markdown_table(["method", "labeled", "class", *DISPLAY_METRICS.values()], per_class)
     lines += [
         "",
         f"## Runs (protocol `{spec.protocol.name}`)",
@@ -271,7 +272,7 @@ def _markdown(spec: BenchSpec, results: list[RunResult], rows: list[dict[str, An
         "best step",
         "best val Dice %",
     ]
-    lines += _table(header, body)
+    lines += markdown_table(header, body)
     if failed:
         lines += ["", "## Failed runs", ""]
         lines += [f"- {path}: {message}" for path, message in failed.items()]

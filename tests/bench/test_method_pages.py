@@ -53,7 +53,7 @@ def test_block_is_replaced_from_the_leaderboard_and_prose_survives(bench: Path, 
     assert "--methods supervised,mean_teacher --budgets 2 --seeds 1,2" in text
     for method in ("supervised", "mean_teacher"):
         row = _mean_dice(bench, method, "best")
-        cell = f"{100 * float(row['median']):.1f} ({100 * float(row['min']):.1f}-{100 * float(row['max']):.1f})"
+        cell = f"{100 * float(row['median']):.1f} [{100 * float(row['min']):.1f}, {100 * float(row['max']):.1f}]"
         assert f"| {method} | 2 | best-on-val | {cell} |" in text
     assert text.count("| last iterate |") == 2
     assert "2 patients, seed 1: 4 iterations" in text and "2 patients, seed 2: 4 iterations" in text
