@@ -9,6 +9,7 @@ examples:
   medsemi bench --protocol quick --methods supervised,mean_teacher,bcp --budgets 3,7 --seeds 1,2,3 \\
       --out runs/bench/quick                      # re-run the same line to resume an interrupted bench
   medsemi bench --protocol paper --methods bcp --budgets 3 --seeds 1 --out runs/bench/paper train.amp=true
+  medsemi bench --protocol quick --methods supervised,bcp --cost   # projected minutes per run, no training
   medsemi bench --throughput --device cuda --batch 24 --amp --channels-last
 """
 
@@ -45,7 +46,7 @@ def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto")
     group.add_argument("--batch", type=int, default=24, help="images per step, half labeled (default 24)")
     group.add_argument("--patch", type=int, default=256, help="square patch side (default 256)")
-    group.add_argument("--warmup", type=int, default=5, help="untimed iterations first (default 5)")
+    group.add_argument("--warmup", type=int, default=5, help="untimed iterations first (default 5; --cost: per stage)")
     group.add_argument("--workers", type=int, default=16, help="reference DataLoader workers (SSL4MIS: 16)")
     group.add_argument("--amp", action="store_true", help="also measure the fast path with autocast")
     group.add_argument("--channels-last", action="store_true", help="also measure the fast path channels-last")
@@ -65,5 +66,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--test-limit", type=int, default=None, help="evaluate only the first N test cases")
     grid.add_argument("--in-process", action="store_true", help="train in this process (no per-run peak host memory)")
     grid.add_argument("overrides", nargs="*", help="key=value overrides for every run, after the protocol's")
+    grid.add_argument(
+        "--cost",
+        action="store_true",
+        help="project each method's training time from a few timed steps instead of training (writes cost.md)",
+    )
+    grid.add_argument("--timed-steps", type=int, default=10, help="--cost: timed steps per stage (default 10)")
     parser.add_argument("--throughput", action="store_true", help="measure data-path throughput instead")
     add_throughput_arguments(parser)

@@ -47,8 +47,11 @@ QUICK = Protocol(
     description=(
         "ACDC sized for 2 CPU cores: slices resized to 128x128, batch 4 labeled + 4 unlabeled, 1000 "
         "iterations (method schedules scaled by 1000 / 30000), validation every 100 iterations on the first "
-        "10 val volumes, test on all 40 test volumes at 128x128; the transformers of cross_teaching and "
-        "semivit at feature size 24 instead of 48"
+        "10 val volumes, test on all 40 test volumes at 128x128; the transformers at their smallest width "
+        "(SwinUNETR feature size 12 instead of 48 in cross_teaching and semivit, DeiT-Ti instead of DeiT-S in "
+        "semiformer), cross_teaching and caml channels-last, caml's correlation queries at the same share of "
+        "a batch's unlabeled pixels as in its ACDC config (1067 of 4x128x128 per class, 12800 of 12x256x256), "
+        "so that one run takes about 10 minutes"
     ),
     datasets=("acdc",),
     overrides=(
@@ -61,10 +64,16 @@ QUICK = Protocol(
     ),
     iterations=1000,
     method_overrides={
-        "cross_teaching": ("method.transformer_options={feature_size: 24}",),
-        "semivit": ("net.options={feature_size: 24}",),
+        "cross_teaching": ("method.transformer_options={feature_size: 12}", "train.channels_last=true"),
+        "semivit": ("net.options={feature_size: 12}",),
+        "semiformer": ("net.options={embed_dim: 192, num_heads: 3}",),
+        "caml": ("train.channels_last=true", "method.queries_per_class=1067"),
     },
 )
+"""Sized by timing every method alone on 2 cores (benchmarks/protocol_cost.py, docs/benchmarks.md): the
+networks that would take 13-17 minutes shrink to their smallest standard width; channels-last (same maths,
+faster convolutions on CPU) only where it is needed to stay near 10 minutes, so finished runs stay valid.
+CAML's `queries_per_class` counts pixels of the unlabeled batch, which `quick` makes 12x smaller."""
 
 PAPER = Protocol(
     name="paper",

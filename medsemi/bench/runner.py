@@ -253,6 +253,15 @@ def run_from_args(args: Any) -> int:
         overrides=tuple(args.overrides),
         test_limit=args.test_limit,
     )
+    if args.cost:
+        from medsemi.bench.cost import measure_costs, write_costs
+
+        costs = measure_costs(spec, args.timed_steps, args.warmup)
+        for cost in costs:
+            print(f"{cost.method}: {cost.projected_train_s / 60:.1f} min projected training")
+        for path in write_costs(spec, costs, args.timed_steps, args.warmup):
+            print(f"written: {path}")
+        return 0
     outcome = run_bench(spec, isolate=not args.in_process)
     print(f"trained {len(outcome.trained)}, reused {len(outcome.reused)}, failed {len(outcome.failed)}")
     for path in outcome.files:

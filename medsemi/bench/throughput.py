@@ -22,7 +22,7 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,6 +186,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_steps(step: Callable[[], None], warmup: int, iterations: int, device: torch.device) -> tuple[float, float]:
+    """Seconds for `iterations` calls of `step` after `warmup` untimed ones, and the peak host RSS (MiB)
+    sampled after every timed step (on a GPU the caller reads torch.cuda's peak, reset here)."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    peak_rss = _rss_mb()
+    start = time.perf_counter()
+    for _ in range(iterations):
+        step()
+        if device.type != "cuda":
+            peak_rss = max(peak_rss, _rss_mb())
+    _sync(device)
+    return time.perf_counter() - start, peak_rss
+
+
 def method_config(spec: ThroughputSpec, name: str) -> Config:
     """The method's paper config when there is one (options, network, optimizer), else its defaults."""
     path = Path(spec.config_dir) / f"{name}.yaml"
@@ -226,19 +244,7 @@ def measure(
         optimisation.update(sum(optimisation.losses(next(batches), middle).values()), middle)
 
     try:
-        for _ in range(spec.warmup):
-            step()
-        _sync(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        peak_rss = _rss_mb()
-        start = time.perf_counter()
-        for _ in range(spec.iterations):
-            step()
-            if device.type != "cuda":
-                peak_rss = max(peak_rss, _rss_mb())
-        _sync(device)
-        elapsed = time.perf_counter() - start
+        elapsed, peak_rss = time_steps(step, spec.warmup, spec.iterations, device)
     finally:
         batches.close()  # stops the DataLoader's workers
     on_cuda = device.type == "cuda"

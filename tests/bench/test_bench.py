@@ -156,12 +156,20 @@ def test_quick_protocol_narrows_only_the_transformers_and_keeps_their_other_opti
         return plan(spec)[0].config()
 
     cross_teaching = config("cross_teaching")
-    assert cross_teaching.method["transformer_options"]["feature_size"] == 24
+    assert cross_teaching.method["transformer_options"]["feature_size"] == 12
     assert cross_teaching.method["transformer_options"]["depths"] == [2, 2, 2, 2]
     assert cross_teaching.net.name == "unet" and not cross_teaching.net.options
+    assert cross_teaching.train.channels_last
     semivit = config("semivit")
-    assert semivit.net.name == "swin_unetr" and semivit.net.options == {"feature_size": 24}
-    assert not config("mean_teacher").net.options
+    assert semivit.net.name == "swin_unetr" and semivit.net.options == {"feature_size": 12}
+    semiformer = config("semiformer").net.options
+    assert (semiformer["embed_dim"], semiformer["num_heads"], semiformer["depth"]) == (192, 3, 12)  # DeiT-Ti
+    assert semiformer["widths"] == [16, 32, 64, 128, 256]  # the tested CNN stream is untouched
+    caml = config("caml")
+    assert caml.train.channels_last and caml.net.options["n_filters"] == 16
+    assert caml.method["queries_per_class"] == round(12800 * (4 * 128 * 128) / (12 * 256 * 256))
+    mean_teacher = config("mean_teacher")
+    assert not mean_teacher.net.options and not mean_teacher.train.channels_last
 
 
 def test_paper_protocol_keeps_the_configs_and_grid_keys_are_the_grids() -> None:
