@@ -17,7 +17,6 @@ import csv
 import io
 import itertools
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ import torch
 
 from medsemi.bench.leaderboard import markdown_table
 from medsemi.bench.runner import BenchSpec, RunSpec, plan
-from medsemi.bench.throughput import time_steps
+from medsemi.bench.throughput import describe_device, time_steps
 from medsemi.config import load_config
 from medsemi.engine.checkpoint import atomic_write_text
 from medsemi.engine.step import OptimisationStep
@@ -45,6 +44,7 @@ class StageCost:
 @dataclass(frozen=True)
 class MethodCost:
     method: str
+    device: str
     stages: tuple[StageCost, ...]
     validations: int
     seconds_per_validation: float
@@ -87,7 +87,7 @@ def measure_run(run: RunSpec, steps: int, warmup: int) -> MethodCost:
             validation_s = _seconds(trainer.validate)
             every = config.train.val_every
             validations = sum(math.ceil(stage.iterations / every) for stage in method.stages())
-    return MethodCost(run.method, tuple(stages), validations, validation_s)
+    return MethodCost(run.method, describe_device(device), tuple(stages), validations, validation_s)
 
 
 def _seconds(work: Callable[[], object]) -> float:
@@ -122,12 +122,12 @@ def write_costs(spec: BenchSpec, costs: list[MethodCost], steps: int, warmup: in
         ]
         for c in costs
     ]
-    device = "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} logical cores)"
+    devices = ", ".join(sorted({c.device for c in costs}))
     lines = [
         f"# Projected cost of one run, protocol `{spec.protocol.name}`",
         "",
         f"- protocol: {spec.protocol.description}",
-        f"- measured on {device}, {torch.get_num_threads()} torch threads, one method at a time; labeled "
+        f"- measured on {devices}, {torch.get_num_threads()} torch threads, one method at a time; labeled "
         f"budget {spec.budgets[0]}, seed {spec.seeds[0]}",
         f"- per stage: {warmup} warm-up + {steps} timed optimisation steps at the middle of the stage; one "
         "timed validation; checkpoint writes and the test evaluation are not included",

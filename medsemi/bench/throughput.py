@@ -304,7 +304,7 @@ def run_throughput(spec: ThroughputSpec) -> dict[str, Any]:
     settings = {**asdict(spec), "root": str(spec.root), "config_dir": str(spec.config_dir)}
     return {
         "settings": {**settings, "dataset": spec.resolved_dataset(), "labeled_slices": len(split.labeled)},
-        "device": _describe_device(device),
+        "device": describe_device(device),
         "torch_threads": threads,
         "skipped_methods": skipped,
         "results": results,
@@ -312,7 +312,7 @@ def run_throughput(spec: ThroughputSpec) -> dict[str, Any]:
     }
 
 
-def _describe_device(device: torch.device) -> str:
+def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     return f"cpu: {os.cpu_count()} logical cores"

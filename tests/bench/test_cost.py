@@ -32,7 +32,7 @@ def test_cost_times_every_stage_and_projects_the_schedule(tmp_path: Path) -> Non
     files = write_costs(spec, costs, steps=2, warmup=1)
     assert [f.name for f in files] == ["cost.md", "cost.csv"]
     markdown = files[0].read_text()
-    assert "protocol `tiny`" in markdown and "1 warm-up + 2 timed" in markdown
+    assert "protocol `tiny`" in markdown and "1 warm-up + 2 timed" in markdown and "measured on cpu: " in markdown
     assert "| mean_teacher | train 4 x " in markdown
     with open(files[1], newline="") as handle:
         rows = list(csv.DictReader(handle))
