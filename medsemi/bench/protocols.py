@@ -70,8 +70,8 @@ QUICK = Protocol(
         "caml": ("train.channels_last=true", "method.queries_per_class=1067"),
     },
 )
-"""Sized by timing every method alone on 2 cores (benchmarks/protocol_cost.py, docs/benchmarks.md): the
-networks that would take 13-17 minutes shrink to their smallest standard width; channels-last (same maths,
+"""Sized by timing every method alone on 2 cores (`medsemi bench --cost`, then full runs; docs/benchmarks.md): the
+networks that would take 12-17 minutes shrink to their smallest standard width; channels-last (same maths,
 faster convolutions on CPU) only where it is needed to stay near 10 minutes, so finished runs stay valid.
 CAML's `queries_per_class` counts pixels of the unlabeled batch, which `quick` makes 12x smaller."""
 
