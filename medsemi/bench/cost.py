@@ -142,10 +142,8 @@ def write_costs(spec: BenchSpec, costs: list[MethodCost], steps: int, warmup: in
     )
     for c in costs:
         for s in c.stages:
-            writer.writerow(
-                [c.method, s.stage, s.iterations, s.seconds_per_step, c.validations, c.seconds_per_validation]
-                + [c.projected_train_s]
-            )
+            totals = [c.validations, c.seconds_per_validation, c.projected_train_s]
+            writer.writerow([c.method, s.stage, s.iterations, s.seconds_per_step, *totals])
     files = [out / "cost.md", out / "cost.csv"]
     atomic_write_text(files[0], "\n".join(lines))
     atomic_write_text(files[1], rows.getvalue())
