@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+PACKAGE = Path(__file__).resolve().parent
 
 TRAIN_EPILOG = """\
 examples:
@@ -34,8 +39,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medsemi.eval.evaluate import evaluate_run
 
     summary = evaluate_run(Path(args.run), split=args.split, checkpoint=args.checkpoint, limit=args.limit)
-    out = Path(args.run) / "eval" / f"{args.split}_{summary['checkpoint']}"
-    print((out / "summary.md").read_text())
+    print((summary["folder"] / "summary.md").read_text())
     return 0
 
 
@@ -62,12 +66,28 @@ def _predict(args: argparse.Namespace) -> int:
 def _suggest(args: argparse.Namespace) -> int:
     from medsemi.suggest import suggest, write_suggestions
 
-    picks = suggest(Path(args.run), args.budget, checkpoint=args.checkpoint, diversity=args.diversity)
-    path = write_suggestions(picks, Path(args.output))
-    for pick in picks:
+    ranking = suggest(
+        Path(args.run),
+        args.budget,
+        checkpoint=args.checkpoint,
+        diversity=args.diversity,
+        max_cases=args.max_cases,
+        time_limit=args.time_limit,
+        batch_size=args.batch_size,
+    )
+    path = write_suggestions(ranking.picks, Path(args.output))
+    per_thousand = 1000 * ranking.seconds / max(ranking.scored_cases, 1)
+    print(
+        f"scored {ranking.scored_cases} of {ranking.pool_cases} pool cases in {ranking.seconds:.1f} s "
+        f"({per_thousand:.1f} s per 1000 cases)"
+    )
+    if ranking.unscored_patients:
+        names = ", ".join(ranking.unscored_patients[:5]) + (", ..." if len(ranking.unscored_patients) > 5 else "")
+        print(f"not ranked: {len(ranking.unscored_patients)} patients with no scored case ({names})")
+    for pick in ranking.picks:
         print(f"{pick.rank:>3}  {pick.patient}  uncertainty {pick.uncertainty:.4f}  value {pick.value:.4f}")
-    if len(picks) < args.budget:
-        print(f"only {len(picks)} unlabeled patients in the pool (budget {args.budget})")
+    if len(ranking.picks) < args.budget:
+        print(f"only {len(ranking.picks)} unlabeled patients ranked (budget {args.budget})")
     print(f"written: {path}")
     return 0
 
@@ -106,8 +126,18 @@ def _data_check(args: argparse.Namespace) -> int:
     print(report.summary)
     for problem in problems:
         print(f"PROBLEM {problem.path}: {problem.message}")
+    for warning in report.warnings:
+        print(f"WARNING {warning.path}: {warning.message}")
     print(f"{len(problems)} problem(s) found in {args.path}")
     return 1 if problems else 0
+
+
+def _data_example(args: argparse.Namespace) -> int:
+    from medsemi.data.examples import EXAMPLES
+
+    root = EXAMPLES[args.kind](Path(args.path))
+    print(f"{root}: example {args.kind} dataset written; next: medsemi data check {root}")
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -165,6 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="0..1: how much similarity to earlier picks discounts a patient (0 = uncertainty only)",
     )
+    suggest.add_argument(
+        "--max-cases", type=int, default=None, help="score only N pool cases, sampled evenly across the patients"
+    )
+    suggest.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="stop scoring after SECONDS (patients are visited round robin, so all are sampled alike)",
+    )
+    suggest.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="network inputs per forward pass: slices x their flips (default: the run's eval.batch_size)",
+    )
     suggest.set_defaults(handler=_suggest)
 
     export = verbs.add_parser("export", help="export the predictor to ONNX, checked against PyTorch")
@@ -183,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path")
     check.add_argument("--dataset", default=None, help="layout (acdc, la, nnunet); detected when omitted")
     check.set_defaults(handler=_data_check)
+    example = data_verbs.add_parser(
+        "example", help="write a small example dataset (nnU-Net folder) to follow docs/how-to/own-data.md"
+    )
+    example.add_argument("kind", choices=["png", "nifti"], help="png: 2D OCT-like patches; nifti: 3D volumes")
+    example.add_argument("path", help="a new (or empty) folder")
+    example.set_defaults(handler=_data_example)
 
     from medsemi.bench.arguments import add_bench_arguments  # argparse only: --help stays fast
 
@@ -199,12 +250,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb != "train" or any(item.startswith("-") or "=" not in item for item in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
-    try:
-        return args.handler(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"medsemi {args.verb}: error: {message}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings(args.verb, warnings.showwarning)
+        try:
+            return args.handler(args)
+        except (ValueError, KeyError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            print(f"medsemi {args.verb}: error: {message}", file=sys.stderr)
+            return 2
+
+
+def _one_line_warnings(verb: str, default: Callable[..., None]) -> Callable[..., None]:
+    """medsemi's own warnings as one line, like its errors; other libraries' in their usual form."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, *rest: Any) -> None:
+        if Path(filename).resolve().is_relative_to(PACKAGE):
+            print(f"medsemi {verb}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, *rest)
+
+    return show
 
 
 if __name__ == "__main__":

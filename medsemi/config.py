@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ class DataConfig:
     patch_size: list[int] = field(default_factory=lambda: [256, 256])
     batch_labeled: int = 12
     batch_unlabeled: int = 12
-    augment: str = "acdc"
+    augment: str | dict[str, Any] = "acdc"
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -55,6 +56,7 @@ class TrainConfig:
     val_every: int = 200
     val_split: str = "val"
     val_limit: int | None = None
+    val_sampling: str = "first"
     checkpoint_every: int = 200
     device: str = "auto"
     amp: bool = False
@@ -174,7 +176,138 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     config = _build(Config, tree, "")
     if "name" not in config.method:
         raise ConfigError("method.name is required")
+    config.optim.overrides = _optim_overrides(config.optim.overrides)
+    validate(config)
     return config
+
+
+def _optim_overrides(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-module optimizer settings, typed like the shared ones (YAML reads `1e-4` as a string)."""
+    hints = typing.get_type_hints(OptimConfig)
+    known = sorted(set(hints) - {"overrides"})
+    typed = {}
+    for module, settings in overrides.items():
+        if not isinstance(settings, dict):
+            raise ConfigError(f"optim.overrides.{module}: expected a mapping of optim keys, got {settings!r}")
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown optim.overrides.{module} key(s) {unknown}; known: {known}")
+        typed[module] = {
+            key: _coerce(value, hints[key], f"optim.overrides.{module}.{key}") for key, value in settings.items()
+        }
+    return typed
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("poly", "step", "constant")
+VAL_SPLITS = ("val", "test", "none")
+VAL_SAMPLINGS = ("first", "across_patients")
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
+def _is_size(value: Any, dims: tuple[int, ...] = (2, 3)) -> bool:
+    """A patch size or stride: 2 or 3 (or exactly `dims`) positive integers."""
+    return (
+        isinstance(value, list)
+        and len(value) in dims
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in value)
+    )
+
+
+def validate(config: Config) -> None:
+    """Check every setting before any data is read or any folder written; the first bad one is named.
+
+    Values the types already pin down are checked by `_build`; this checks ranges, choices, sizes, the
+    device, and that the dataset, network and method (with its options) exist.
+    """
+    data, train, evaluation = config.data, config.train, config.eval
+    for key, value in {
+        "train.iterations": train.iterations,
+        "train.val_every": train.val_every,
+        "train.checkpoint_every": train.checkpoint_every,
+        "data.batch_labeled": data.batch_labeled,
+        "eval.batch_size": evaluation.batch_size,
+    }.items():
+        _require(value >= 1, key, value, "a positive integer")
+    _require(data.batch_unlabeled >= 0, "data.batch_unlabeled", data.batch_unlabeled, "an integer >= 0")
+    _require(data.labeled is None or data.labeled >= 1, "data.labeled", data.labeled, "a positive number or null")
+    _require(train.val_limit is None or train.val_limit >= 1, "train.val_limit", train.val_limit, ">= 1 or null")
+    _require(train.val_split in VAL_SPLITS, "train.val_split", train.val_split, f"one of {VAL_SPLITS}")
+    _require(train.val_sampling in VAL_SAMPLINGS, "train.val_sampling", train.val_sampling, f"one of {VAL_SAMPLINGS}")
+    _require(_is_size(data.patch_size), "data.patch_size", data.patch_size, "2 or 3 positive integers")
+    dims = (len(data.patch_size),)
+    for key, value in {"eval.patch_size": evaluation.patch_size, "eval.stride": evaluation.stride}.items():
+        _require(value is None or _is_size(value, dims), key, value, f"null or {dims[0]} positive integers")
+    _require(bool(config.run.dir), "run.dir", config.run.dir, "a folder")
+    _validate_optim(config.optim.settings_for(""), "optim")  # a module without overrides: the shared settings
+    for module in config.optim.overrides:
+        _validate_optim(config.optim.settings_for(module), f"optim.overrides.{module}")
+    _validate_device(train.device)
+    _validate_components(config)
+
+
+def _validate_optim(settings: dict[str, Any], where: str) -> None:
+    lr = settings["lr"]
+    _require(settings["name"] in OPTIMIZERS, f"{where}.name", settings["name"], f"one of {OPTIMIZERS}")
+    _require(math.isfinite(lr) and lr > 0, f"{where}.lr", lr, "a positive learning rate")
+    _require(0 <= settings["momentum"] <= 1, f"{where}.momentum", settings["momentum"], "in [0, 1]")
+    _require(settings["weight_decay"] >= 0, f"{where}.weight_decay", settings["weight_decay"], ">= 0")
+    _require(settings["schedule"] in SCHEDULES, f"{where}.schedule", settings["schedule"], f"one of {SCHEDULES}")
+    _require(settings["poly_power"] >= 0, f"{where}.poly_power", settings["poly_power"], ">= 0")
+    _require(settings["step_every"] >= 1, f"{where}.step_every", settings["step_every"], "a positive integer")
+    _require(settings["step_gamma"] > 0, f"{where}.step_gamma", settings["step_gamma"], "> 0")
+
+
+def _validate_device(name: str) -> None:
+    """auto, cpu, cuda[:N] (a GPU that exists) or mps (when available)."""
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        raise ConfigError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from error
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            found = f"only {count} CUDA GPU(s) are visible" if count else "no CUDA GPU is available"
+            raise ConfigError(f"train.device={name!r} but {found}; use auto or cpu")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"train.device={name!r} but MPS is not available; use auto or cpu")
+    elif device.type != "cpu":
+        raise ConfigError(f"train.device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+
+
+def _validate_components(config: Config) -> None:
+    """The dataset (and its options), network, augmentation and method (and its options) exist."""
+    import medsemi.methods
+    from medsemi.data.augment import recipe
+    from medsemi.data.registry import dataset_factory
+    from medsemi.methods.base import build_options, check_choices, method_class
+    from medsemi.nets import list_nets
+
+    try:
+        recipe(config.data.augment, len(config.data.patch_size))
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    _require(config.net.name in list_nets(), "net.name", config.net.name, f"one of {list_nets()}")
+    _require(
+        config.method_name in medsemi.methods.list_methods(),
+        "method.name",
+        config.method_name,
+        f"one of {medsemi.methods.list_methods()}",
+    )
+    try:
+        dataset_factory(config.data.dataset, config.data.options)
+        check_choices(config.method_name, build_options(method_class(config.method_name), config.method_options))
+    except (KeyError, ValueError, TypeError) as error:
+        raise ConfigError(error.args[0] if isinstance(error, KeyError) and error.args else str(error)) from error
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -200,3 +333,39 @@ def save_config(config: Config, path: Path) -> None:
     from medsemi.engine.checkpoint import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+RESUME_MAY_CHANGE = ("run.dir", "train.progress", "train.device", "eval.batch_size")
+"""Settings a resumed run may change: where it is, how it is shown, which device computes it."""
+
+
+def flat_settings(config: Config) -> dict[str, Any]:
+    """Every setting under its dotted key (`optim.lr`, `data.options.limit`)."""
+
+    def flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            if isinstance(value, dict) and value:
+                flat.update(flatten(value, f"{prefix}{key}."))
+            else:
+                flat[f"{prefix}{key}"] = value
+        return flat
+
+    return flatten(config_to_dict(config), "")
+
+
+def check_resume(config: Config, saved: Path) -> None:
+    """`--resume` continues a run with the settings it was started with: other ones are refused, naming the
+    keys, because training on would mix two configurations under one config.yaml."""
+    if not saved.is_file():
+        raise ConfigError(f"{saved}: not found, so --resume cannot check that the settings are the run's")
+    before, now = flat_settings(load_config(saved)), flat_settings(config)
+    differing = sorted(
+        key for key in before.keys() | now.keys() if key not in RESUME_MAY_CHANGE and before.get(key) != now.get(key)
+    )
+    if differing:
+        changes = ", ".join(f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in differing)
+        raise ConfigError(
+            f"{saved}: --resume with settings that differ from the run's ({changes}); resume with the run's "
+            "settings, or train into another run.dir"
+        )

@@ -1,9 +1,10 @@
 """`medsemi suggest`: which unlabeled patients to annotate next, for a trained run.
 
 Criterion (docs/how-to/label-next.md):
-- uncertainty u_i of patient i: the mean, over all voxels of all its unlabeled cases, of the normalised
-  entropy of the mean softmax over test-time flips and the method's ensemble members
-  (medsemi.eval.uncertainty), in [0, 1];
+- uncertainty u_i of patient i: the mean, over all voxels of its scored unlabeled cases (all of them unless
+  `--max-cases` / `--time-limit` bound the work), of the normalised entropy of the mean softmax over the
+  test-time flips the training recipe allows and the method's ensemble members (medsemi.eval.uncertainty),
+  in [0, 1];
 - appearance descriptor h_i: the histogram of its intensities (32 bins per channel over the pool's
   0.5-99.5 percentile range); dissimilarity d_ij = Hellinger distance of the histograms, in [0, 1];
   similarity k_ij = exp(-(d_ij / s)^2) with s the median d over all pairs of the pool (so a typical pair
@@ -17,17 +18,25 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Sequence
+import math
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor, nn
 
+from medsemi.data.augment import recipe
 from medsemi.data.cases import Case
-from medsemi.data.splits import load_split
+from medsemi.data.splits import across_patients, describe_split, load_split
 from medsemi.engine.checkpoint import atomic_write_text
-from medsemi.eval.evaluate import load_run
-from medsemi.eval.uncertainty import uncertainty_map
+from medsemi.eval.evaluate import LoadedRun, load_run
+from medsemi.eval.inference import flip_subsets, resize_2d
+from medsemi.eval.uncertainty import flip_axes, normalised_entropy, uncertainty_map
+from medsemi.progress import progress, say
 
 BINS = 32
 
@@ -42,6 +51,7 @@ class Suggestion:
     max_similarity: float
     value: float
     case_ids: list[str]
+    scored: int
 
 
 def intensity_histograms(patients: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
@@ -84,8 +94,7 @@ def select(
 
     Ties go to the lower index, so the result is deterministic.
     """
-    if not 0.0 <= diversity <= 1.0:
-        raise ValueError(f"diversity must be in [0, 1], got {diversity}")
+    _check_diversity(diversity)
     closest = np.zeros(len(uncertainty))
     remaining = list(range(len(uncertainty)))
     picks = []
@@ -98,71 +107,180 @@ def select(
     return picks
 
 
-def _patient_images(cases: list[Case], spatial_dims: int) -> Iterator[np.ndarray]:
-    """A patient's images; 2D slices of one size stacked into a (C, n, H, W) volume (one batched pass)."""
-    if spatial_dims == 2:
-        by_shape: dict[tuple[int, ...], list[np.ndarray]] = {}
-        for case in cases:
-            if case.image.ndim == 3:
-                by_shape.setdefault(case.image.shape, []).append(case.image)
-            else:
-                yield case.image
-        for images in by_shape.values():
-            yield np.stack(images, axis=1)
-    else:
-        for case in cases:
-            yield case.image
+def _check_diversity(diversity: float) -> None:
+    if not 0.0 <= diversity <= 1.0:
+        raise ValueError(f"--diversity must be in [0, 1], got {diversity}")
+
+
+@dataclass
+class Ranking:
+    """What `suggest` returns: the picks, and how much of the pool they were ranked on."""
+
+    picks: list[Suggestion]
+    pool_cases: int
+    scored_cases: int
+    unscored_patients: list[str]
+    seconds: float
+
+
+@torch.no_grad()
+def _slice_scores(
+    members: Sequence[nn.Module],
+    planes: Tensor,
+    patch: tuple[int, ...],
+    axes: tuple[int, ...],
+) -> Tensor:
+    """(B,) summed normalised entropy of B same-sized (C, H, W) planes, as `uncertainty_map` computes it
+    (flip at the native size, resize to the patch, softmax, resize back, unflip), but with all flips of the
+    batch in one forward pass per member."""
+    subsets = flip_subsets(axes)
+    native = tuple(planes.shape[2:])
+    variants = torch.cat([planes.flip([2 + a for a in subset]) if subset else planes for subset in subsets])
+    inputs = resize_2d(variants, patch, "nearest")
+    total: Tensor | None = None
+    for net in members:
+        probs = resize_2d(torch.softmax(net(inputs).float(), dim=1), native, "nearest")
+        probs = probs.view(len(subsets), planes.shape[0], *probs.shape[1:])
+        for index, subset in enumerate(subsets):
+            unflipped = probs[index].flip([2 + a for a in subset]) if subset else probs[index]
+            total = unflipped if total is None else total + unflipped
+    assert total is not None
+    mean = total / (len(subsets) * len(members))
+    return normalised_entropy(mean.movedim(1, 0)).sum(dim=(1, 2))
+
+
+def _planes(image: np.ndarray) -> list[np.ndarray]:
+    """A 2D network's inputs: the image itself, or each slice of a (C, D, H, W) volume."""
+    return [image] if image.ndim == 3 else [image[:, d] for d in range(image.shape[1])]
+
+
+def _score(
+    cases: list[Case], loaded: LoadedRun, flips: bool, batch_size: int, deadline: float, counter: Any
+) -> dict[int, tuple[float, int]]:
+    """{index of a case: (summed uncertainty, voxels)} for the cases scored before `deadline` (at least one
+    batch). Networks trained on resized slices get `batch_size` inputs per forward pass: slices from any
+    cases, each with all its flips; others (sliding window, 3D) one case at a time."""
+    info, config, device = loaded.info, loaded.config, loaded.device
+    members = loaded.method.ensemble_members()
+    scores: dict[int, tuple[float, int]] = {}
+    if info.spatial_dims == 3 or recipe(config.data.augment, info.spatial_dims).crops(info.spatial_dims):
+        for index, case in enumerate(cases):
+            if scores and time.monotonic() > deadline:
+                break
+            values = uncertainty_map(members, case.image, info, config, device, flips=flips)
+            scores[index] = (float(values.sum(dtype=np.float64)), values.size)
+            counter.update(1)
+        return scores
+    axes = flip_axes(info, _planes(cases[0].image)[0], config) if flips else ()
+    patch = tuple(config.eval.patch_size or config.data.patch_size)
+    items = [(index, plane) for index, case in enumerate(cases) for plane in _planes(case.image)]
+    slices = max(1, batch_size // len(flip_subsets(axes)))
+    last = {index: position for position, (index, _) in enumerate(items)}
+    sums = np.zeros(len(cases))
+    voxels = np.zeros(len(cases), dtype=np.int64)
+    for start in range(0, len(items), slices):
+        if start and time.monotonic() > deadline:
+            break
+        chunk = items[start : start + slices]
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for position, (_, plane) in enumerate(chunk):
+            by_shape.setdefault(plane.shape, []).append(position)
+        for shape, positions in by_shape.items():
+            planes = torch.from_numpy(np.stack([chunk[p][1] for p in positions])).to(device, torch.float32)
+            values = _slice_scores(members, planes, patch, axes).cpu().numpy()
+            for position, value in zip(positions, values, strict=True):
+                sums[chunk[position][0]] += value
+                voxels[chunk[position][0]] += int(np.prod(shape[1:]))
+        finished = [index for index, _ in chunk if last[index] < start + len(chunk) and index not in scores]
+        for index in dict.fromkeys(finished):
+            scores[index] = (float(sums[index]), int(voxels[index]))
+            counter.update(1)
+    return scores
 
 
 def suggest(
-    run_dir: Path, budget: int, checkpoint: str = "best", diversity: float = 1.0, flips: bool = True
-) -> list[Suggestion]:
-    """Rank the run's unlabeled patients by the documented criterion and return the first `budget`."""
-    if budget < 1:
-        raise ValueError(f"--budget must be >= 1, got {budget}")
+    run_dir: Path,
+    budget: int,
+    checkpoint: str = "best",
+    diversity: float = 1.0,
+    flips: bool = True,
+    *,
+    max_cases: int | None = None,
+    time_limit: float | None = None,
+    batch_size: int | None = None,
+    show_progress: bool = True,
+) -> Ranking:
+    """Rank the run's unlabeled patients by the documented criterion and return the first `budget`.
+
+    The pool is visited round robin over the patients, each patient's cases in a seeded random order
+    (`across_patients`), so `max_cases` (score only that many) and `time_limit` (stop scoring after that many
+    seconds) leave every patient sampled alike; a patient with no scored case is not ranked (`Ranking`).
+    A forward pass of each ensemble member takes `batch_size` inputs (default eval.batch_size): slices from
+    any cases with all their flips (4 flips: a quarter as many slices).
+    """
+    for name, value, low in (("--budget", budget, 1), ("--max-cases", max_cases, 1), ("--batch-size", batch_size, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"--time-limit must be a positive number of seconds, got {time_limit!r}")
+    _check_diversity(diversity)  # before the pool is read, not after
     loaded = load_run(Path(run_dir), checkpoint)
     config = loaded.config
     _, split = load_split(config.data)
     if not split.unlabeled:
         raise ValueError(f"{run_dir}: the run's split has no unlabeled cases to suggest from")
-    by_patient: dict[str, list[Case]] = {}
-    for case in split.unlabeled:
-        by_patient.setdefault(case.patient, []).append(case)
-    members = loaded.method.ensemble_members()
+    pool = across_patients(split.unlabeled, max_cases, config.seed)
+    sampled = "" if max_cases is None else f", {len(pool)} of them sampled across patients (--max-cases)"
+    say("\n".join(describe_split(split, {"unlabeled": f"the pool{sampled}"})))
+    started = time.monotonic()
+    deadline = started + (time_limit if time_limit is not None else math.inf)
+    counter = progress(len(pool), "suggest", enabled=show_progress, unit="cases")
+    try:
+        scores = _score(pool, loaded, flips, batch_size or config.eval.batch_size, deadline, counter)
+    finally:
+        counter.close()
+    seconds = time.monotonic() - started
+    by_patient: dict[str, list[int]] = {}
+    for index in sorted(scores):
+        by_patient.setdefault(pool[index].patient, []).append(index)
     patients = list(by_patient)
-    uncertainty = np.zeros(len(patients))
-    for index, patient in enumerate(patients):
-        maps = [
-            uncertainty_map(members, image, loaded.info, config, loaded.device, flips=flips)
-            for image in _patient_images(by_patient[patient], loaded.info.spatial_dims)
-        ]
-        uncertainty[index] = np.concatenate([m.ravel() for m in maps]).mean()
-    histograms = intensity_histograms([[case.image for case in by_patient[p]] for p in patients])
+    uncertainty = np.array(
+        [sum(scores[i][0] for i in by_patient[p]) / sum(scores[i][1] for i in by_patient[p]) for p in patients]
+    )
+    histograms = intensity_histograms([[pool[i].image for i in by_patient[p]] for p in patients])
     picks = select(uncertainty, similarity(histograms), budget, diversity)
-    return [
+    all_cases: dict[str, list[str]] = {}
+    for case in split.unlabeled:
+        all_cases.setdefault(case.patient, []).append(case.case_id)
+    suggestions = [
         Suggestion(
             rank=rank,
             patient=patients[index],
             uncertainty=float(uncertainty[index]),
             max_similarity=closest,
             value=value,
-            case_ids=[case.case_id for case in by_patient[patients[index]]],
+            case_ids=all_cases[patients[index]],
+            scored=len(by_patient[patients[index]]),
         )
         for rank, (index, value, closest) in enumerate(picks, start=1)
     ]
+    unscored = [patient for patient in all_cases if patient not in by_patient]
+    return Ranking(suggestions, len(pool), len(scores), unscored, seconds)
 
 
 def write_suggestions(suggestions: list[Suggestion], path: Path) -> Path:
-    """CSV for annotators: rank, patient, number of cases, the criterion's terms, the case ids (';')."""
+    """CSV for annotators: rank, patient, number of cases (and of those scored), the criterion's terms, the
+    case ids (';')."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["rank", "patient", "cases", "uncertainty", "max_similarity", "value", "case_ids"])
+    writer.writerow(["rank", "patient", "cases", "scored", "uncertainty", "max_similarity", "value", "case_ids"])
     for s in suggestions:
         writer.writerow(
             [
                 s.rank,
                 s.patient,
                 len(s.case_ids),
+                s.scored,
                 f"{s.uncertainty:.6f}",
                 f"{s.max_similarity:.6f}",
                 f"{s.value:.6f}",

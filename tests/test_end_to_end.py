@@ -92,7 +92,8 @@ def test_la_few_3d_iterations_and_sliding_window_prediction(la_root: Path, tmp_p
     )
     train(config)
     summary = evaluate_run(run_dir, split="test", checkpoint="last", limit=1)
-    table = list(csv.DictReader((run_dir / "eval" / "test_last" / "cases.csv").open()))
+    assert summary["folder"] == run_dir / "eval" / "test_last_first1"  # beside, never over, the full tables
+    table = list(csv.DictReader((summary["folder"] / "cases.csv").open()))
     assert len(table) == 1 and table[0]["class"] == "LA"
     assert float(table[0]["hd95_mm"]) == pytest.approx(float(table[0]["hd95"]) * 0.625, rel=1e-6) or (
         float(table[0]["dice"]) == 0.0
@@ -145,7 +146,7 @@ def test_nnunet_folder_round_trip_train_predict_keeps_shape_and_affine(tmp_path:
     assert main(args) == 0
     source = root / "imagesTs" / "new_0000.nii.gz"
     assert main(["predict", str(run_dir), str(source), "-o", str(tmp_path / "out")]) == 0
-    written = nib.load(tmp_path / "out" / "new_0000.nii.gz")
+    written = nib.load(tmp_path / "out" / "new.nii.gz")  # named like the case, without the channel suffix
     assert written.shape == nib.load(source).shape
     np.testing.assert_allclose(written.affine, affine)
     assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1}

@@ -1,11 +1,13 @@
-"""Batched, device-side augmentation: the reference recipes on whole batches of tensors.
+"""Batched, device-side augmentation: the reference recipes, and recipes composed in the config (`Recipe`,
+`data.augment`), on whole batches of tensors.
 
 The reference pipelines (SSL4MIS RandomGenerator, UA-MT RandomRotFlip/RandomCrop) augment one sample at a
 time on CPU workers with scipy; the small networks then wait on data. Here every transform works on a
 (B, C, *spatial) batch wherever it lives, and Python only draws the random parameters (from an explicit
 `torch.Generator`, so a batch is reproducible) and groups samples by rot90 count (at most 4 groups).
 `reference_acdc_sample` keeps the per-sample scipy path, to check that both give the same distribution and
-for the throughput benchmark.
+for the throughput benchmark. A recipe also tells inference what training did: whether it cropped (sliding
+window) or resized, and which axes it mirrored (the only test-time flips worth averaging).
 
 Labels are (B, *spatial) integer maps and always move with nearest interpolation, so their values stay a
 subset of the original classes.
@@ -14,9 +16,10 @@ subset of the original classes.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,7 +127,11 @@ def la_augment(images: Tensor, labels: Tensor | None, generator: torch.Generator
 
 
 def rotate(
-    images: Tensor, labels: Tensor | None, angles: Tensor, source_sizes: Tensor | None = None
+    images: Tensor,
+    labels: Tensor | None,
+    angles: Tensor,
+    source_sizes: Tensor | None = None,
+    scales: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """scipy.ndimage.rotate(x, angle, order=0, reshape=False) on a (B, C, H, W) batch (angles (B,) degrees).
 
@@ -133,6 +140,7 @@ def rotate(
     mode="constant" does; the result equals scipy's up to float ties (~1e-5 of the pixels).
     source_sizes (B, 2): when the batch was resized from images of these (H, W), rotate as the reference
     does in the source frame (a rotation there is a rotation plus shear in the resized frame).
+    scales (B,): also zoom about the centre by these factors (> 1 enlarges, < 1 shrinks and pads with 0).
     """
     batch, _, height, width = images.shape
     sizes = torch.tensor([[height, width]] * batch) if source_sizes is None else source_sizes
@@ -144,6 +152,8 @@ def rotate(
     theta = torch.zeros(batch, 2, 3, dtype=torch.float64)
     theta[:, 0, 0], theta[:, 0, 1] = cos, -sin * half_h / half_w
     theta[:, 1, 0], theta[:, 1, 1] = sin * half_w / half_h, cos
+    if scales is not None:
+        theta /= scales.to(torch.float64).view(-1, 1, 1)
     grid = F.affine_grid(theta.to(images.device, torch.float32), [batch, 1, height, width], align_corners=True)
     stacked = images if labels is None else torch.cat([images, labels.unsqueeze(1).to(images.dtype)], 1)
     moved = F.grid_sample(stacked, grid, mode="nearest", padding_mode="zeros", align_corners=True)
@@ -400,6 +410,192 @@ def strong_view(
     noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
     x = (x + noise * _per_sample(std, x)).clamp_(0, 1)
     return x * scale + low
+
+
+REFERENCES = ("acdc", "acdc_head", "la", "crop", "none")
+"""acdc: SSL4MIS RandomGenerator as published (2D; slices resized to the patch). acdc_head: its June-2025
+HEAD variant (50/50 rot-flip / rotation). la: UA-MT RandomCrop (zero padding) + RandomRotFlip, 2D or 3D.
+crop: the same recipe under its generic name (2D images larger than the patch, e.g. pathology).
+none: slices resized to the patch (2D) or random crops (3D), nothing else."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training augmentation, and what inference must know of it: whether it crops, which axes it mirrors.
+
+    A reference recipe (`reference` set) runs its published draws exactly (tests/data/test_recipes.py pins
+    its batches); its other fields describe it. A composed recipe, in this order: reach the patch (`crop`:
+    random crops with UA-MT padding; otherwise 2D slices resized to it; None: resize in 2D, crop in 3D),
+    rot90 (k uniform in 0..3 in the first two spatial axes, even only on a non-square patch), a mirror of
+    each axis in `flip` with probability 1/2, rotation uniform in [-rotate, rotate] degrees and zoom uniform
+    in `zoom` (2D, nearest, zero fill), then brightness / contrast / gamma / noise as `strong_view` does
+    them (relative to each image's range). Each random component except rot90 and flips fires with
+    probability `p`. Spatial axes count from 0 = the first (rows of a PNG: up-down; axis 1 left-right).
+    """
+
+    reference: str | None = None
+    crop: bool | None = None
+    rot90: bool = False
+    flip: tuple[int, ...] = ()
+    rotate: float = 0.0
+    zoom: tuple[float, float] = (1.0, 1.0)
+    brightness: float = 0.0
+    contrast: float = 0.0
+    gamma: tuple[float, float] = (1.0, 1.0)
+    noise: float = 0.0
+    p: float = 0.5
+
+    def crops(self, spatial_dims: int) -> bool:
+        """Trained on random crops (so predicted by a sliding window), not on whole slices resized."""
+        return spatial_dims == 3 or bool(self.crop)
+
+    def mirrored_axes(self) -> tuple[int, ...]:
+        """Spatial axes along which training showed mirrored images, the only flips worth averaging at test
+        time: the flipped ones, and both in-plane axes when rot90 meets a flip of either (rot180 x flip0 =
+        flip1)."""
+        axes = set(self.flip)
+        if self.rot90 and axes & {0, 1}:
+            axes |= {0, 1}
+        return tuple(sorted(axes))
+
+    def intensity(self) -> StrongViewSpec | None:
+        """The photometric part as a `strong_view` spec (grey-level transforms only), None when it has none."""
+        if not (self.brightness or self.contrast or self.gamma != (1.0, 1.0) or self.noise):
+            return None
+        return StrongViewSpec(
+            jitter_p=self.p,
+            brightness=self.brightness,
+            contrast=self.contrast,
+            gamma_p=self.p if self.gamma != (1.0, 1.0) else 0.0,
+            gamma=self.gamma,
+            blur_p=0.0,
+            blur_sigma=(0.0, 0.0),
+            noise_p=self.p if self.noise else 0.0,
+            noise_std=(0.0, self.noise),
+        )
+
+
+_REFERENCE_RECIPES = {
+    "acdc": Recipe("acdc", crop=False, rot90=True, flip=(0, 1), rotate=MAX_ANGLE),
+    "acdc_head": Recipe("acdc_head", crop=False, rot90=True, flip=(0, 1), rotate=MAX_ANGLE),
+    "la": Recipe("la", crop=True, rot90=True, flip=(0, 1)),
+    "crop": Recipe("crop", crop=True, rot90=True, flip=(0, 1)),
+    "none": Recipe("none"),
+}
+COMPONENTS = ("crop", "rot90", "flip", "rotate", "zoom", "brightness", "contrast", "gamma", "noise", "p")
+
+
+def recipe(spec: str | Mapping[str, Any] | Recipe, spatial_dims: int) -> Recipe:
+    """The recipe `data.augment` names (a reference) or composes (a mapping of COMPONENTS), checked for
+    `spatial_dims`; ValueError names the component and what it must be."""
+    if isinstance(spec, Recipe):
+        return spec
+    if isinstance(spec, str):
+        if spec not in _REFERENCE_RECIPES:
+            raise ValueError(
+                f"data.augment must be one of {', '.join(REFERENCES)} or a mapping of components "
+                f"({', '.join(COMPONENTS)}), got {spec!r}"
+            )
+        if spec.startswith("acdc") and spatial_dims != 2:
+            raise ValueError(f"data.augment {spec!r} is a 2D recipe; use 'la' or 'none' for 3D data")
+        return _REFERENCE_RECIPES[spec]
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"data.augment must be a recipe name or a mapping of components, got {spec!r}")
+    unknown = sorted(set(spec) - set(COMPONENTS))
+    if unknown:
+        raise ValueError(f"unknown data.augment component(s) {unknown}; known: {list(COMPONENTS)}")
+    values = {key: _component(key, value, spatial_dims) for key, value in spec.items()}
+    composed = Recipe(**values)
+    if spatial_dims == 3 and composed.crop is False:
+        raise ValueError("data.augment.crop must be true (or left out) for 3D data: volumes are always cropped")
+    if spatial_dims == 3 and (composed.rotate or composed.zoom != (1.0, 1.0)):
+        raise ValueError("data.augment rotate and zoom are 2D components; leave them out for 3D data")
+    return composed
+
+
+def _component(key: str, value: Any, spatial_dims: int) -> Any:
+    def number(item: Any) -> bool:
+        return isinstance(item, int | float) and not isinstance(item, bool) and math.isfinite(item)
+
+    def positive_range() -> bool:
+        pair = isinstance(value, list | tuple) and len(value) == 2 and all(map(number, value))
+        return pair and 0 < value[0] <= value[1]
+
+    checks: dict[str, tuple[bool, str]] = {
+        "crop": (isinstance(value, bool), "true or false"),
+        "rot90": (isinstance(value, bool), "true or false"),
+        "flip": (
+            isinstance(value, list | tuple)
+            and all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < spatial_dims for a in value)
+            and len(set(value)) == len(value),
+            f"a list of distinct spatial axes in 0..{spatial_dims - 1} (0 = rows: up-down in a PNG)",
+        ),
+        "rotate": (number(value) and 0 <= value <= 180, "a largest angle in degrees, in [0, 180]"),
+        "zoom": (positive_range(), "[low, high] with 0 < low <= high"),
+        "brightness": (number(value) and 0 <= value < 1, "in [0, 1)"),
+        "contrast": (number(value) and 0 <= value < 1, "in [0, 1)"),
+        "gamma": (positive_range(), "[low, high] with 0 < low <= high"),
+        "noise": (number(value) and 0 <= value <= 1, "a largest noise sd as a fraction of the image range, in [0, 1]"),
+        "p": (number(value) and 0 <= value <= 1, "a probability in [0, 1]"),
+    }
+    ok, expected = checks[key]
+    if not ok:
+        raise ValueError(f"data.augment.{key} must be {expected}, got {value!r}")
+    if key == "flip":
+        return tuple(value)
+    if key in ("zoom", "gamma"):
+        return (float(value[0]), float(value[1]))
+    return value if isinstance(value, bool) else float(value)
+
+
+def _transform_some(
+    images: Tensor, labels: Tensor | None, chosen: Tensor, angles: Tensor, scales: Tensor
+) -> tuple[Tensor, Tensor | None]:
+    """`rotate` (with zoom) of the chosen samples only; the others stay untouched, not resampled."""
+    index = torch.nonzero(chosen).flatten()
+    if index.numel() == 0:
+        return images, labels
+    on_device = index.to(images.device)
+    picked = None if labels is None else labels.index_select(0, on_device)
+    moved, moved_labels = rotate(images.index_select(0, on_device), picked, angles[index], scales=scales[index])
+    images = images.index_copy(0, on_device, moved)
+    if labels is not None and moved_labels is not None:
+        labels = labels.index_copy(0, on_device, moved_labels)
+    return images, labels
+
+
+def apply_recipe(
+    recipe: Recipe, images: Tensor, labels: Tensor | None, generator: torch.Generator, source_sizes: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """Augment a (B, C, *patch) batch; `source_sizes` are the native (H, W) of resized slices (ACDC rotates
+    in that frame)."""
+    if recipe.reference in ("acdc", "acdc_head"):
+        era = recipe.reference == "acdc"
+        return acdc_augment(images, labels, generator, published_era=era, source_sizes=source_sizes)
+    if recipe.reference in ("la", "crop"):
+        return la_augment(images, labels, generator)
+    if recipe.reference == "none":
+        return images, labels
+    n = images.shape[0]
+    if recipe.rot90:
+        k, _ = draw_rot_flip(n, generator, square=images.shape[2] == images.shape[3])
+        images, labels = rot_flip(images, labels, k, torch.full((n,), -1))
+    for axis in recipe.flip:
+        index = torch.nonzero(torch.rand(n, generator=generator) < 0.5).flatten().to(images.device)
+        images = images.index_copy(0, index, images.index_select(0, index).flip(2 + axis))
+        if labels is not None:
+            labels = labels.index_copy(0, index, labels.index_select(0, index).flip(1 + axis))
+    if recipe.rotate or recipe.zoom != (1.0, 1.0):
+        fires = torch.rand(n, generator=generator) < recipe.p
+        angles = torch.where(fires, (2 * torch.rand(n, generator=generator) - 1) * recipe.rotate, 0.0)
+        fires = torch.rand(n, generator=generator) < recipe.p
+        low, high = recipe.zoom
+        scales = torch.where(fires, low + (high - low) * torch.rand(n, generator=generator), 1.0)
+        images, labels = _transform_some(images, labels, (angles != 0) | (scales != 1), angles, scales)
+    spec = recipe.intensity()
+    if spec is not None:
+        images = strong_view(images, generator, spec=spec)
+    return images, labels
 
 
 def reference_acdc_sample(

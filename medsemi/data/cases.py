@@ -12,21 +12,34 @@ class DataError(ValueError):
     """Bad input data; the message names the file (or setting) and the problem."""
 
 
+class DataFileError(DataError):
+    """A DataError about one file: `path` and `problem` kept apart so a checker can list them."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = Path(path)
+        self.problem = problem
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.path, self.problem)
+
+
 @dataclass
 class Case:
     """One image (2D slice, 2D colour image or 3D volume) with its optional label.
 
     image: float32, channels first, (C, *spatial). A 3D volume evaluated by a 2D network keeps its depth as
     the first spatial axis, (C, D, H, W). label: integer class map (*spatial) or None for unlabeled cases.
-    spacing: physical voxel size per spatial axis in mm (1.0 where unknown). affine: 4x4 NIfTI affine when
-    the source had one, so predictions can be written back in the input's space.
+    spacing: physical voxel size per spatial axis in mm; None when unknown (a PNG/TIFF whose dataset.json
+    declares none), so nothing is reported in mm. affine: 4x4 NIfTI affine when the source had one, so
+    predictions can be written back in the input's space.
     """
 
     case_id: str
     patient: str
     image: np.ndarray
     label: np.ndarray | None
-    spacing: tuple[float, ...]
+    spacing: tuple[float, ...] | None
     affine: np.ndarray | None = None
     source: Path | None = None
 

@@ -2,8 +2,9 @@
 
 The check drains the readers' own lazy case iterators with a collecting `ProblemLog` (medsemi.data.io), so
 it verifies exactly what loading verifies (unreadable files, missing images/labels/list entries, label values
-outside the declared classes, image/label shape and spacing/affine mismatches, misnamed files) and keeps no
-arrays in memory.
+outside the declared classes, image/label shape and spacing/affine mismatches, misnamed files, and across
+cases: a case id in two roles, evaluation images or patients that are also training ones) and keeps no arrays
+in memory. A declared class that occurs in no label is a warning, not a problem.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from medsemi.data import acdc, la, nnunet
 from medsemi.data.cases import Case, DataError, DatasetInfo
-from medsemi.data.io import DataFileError, ProblemLog, Source
+from medsemi.data.io import CrossCaseChecks, DataFileError, ProblemLog, Source
 
 SCANNERS: dict[str, Callable[[Path, ProblemLog], Source]] = {
     "acdc": acdc.scan,
@@ -42,6 +43,7 @@ class Report:
     layout: str | None
     problems: list[Problem]
     summary: str
+    warnings: list[Problem] = field(default_factory=list)
 
 
 def detect_layout(path: Path) -> str | None:
@@ -74,11 +76,14 @@ def inspect_dataset(path: Path | str, dataset: str | None = None) -> Report:
     except DataError as error:
         return Report(layout, [_problem(path, error) for error in [*log.errors, error]], "")
     stats = {role: RoleStats() for role in source.roles}
+    checks = CrossCaseChecks(source.info, path)
     for role, cases in source.roles.items():
         for case in cases:
             stats[role].add(case, source.info.num_classes)
-    problems = [_problem(path, error) for error in log.errors]
-    return Report(layout, problems, _summary(path, layout, source.info, stats))
+            checks.add(role, case)
+    problems = [_problem(path, error) for error in [*log.errors, *checks.problems()]]
+    warnings = [Problem(where, message) for where, message in [*source.warnings, *checks.warnings()]]
+    return Report(layout, problems, _summary(path, layout, source.info, stats), warnings)
 
 
 def check_dataset(path: Path | str, dataset: str | None = None) -> list[Problem]:
@@ -103,7 +108,7 @@ class RoleStats:
     unlabeled: int = 0
     patients: set[str] = field(default_factory=set)
     shapes: list[tuple[int, ...]] = field(default_factory=list)
-    spacings: list[tuple[float, ...]] = field(default_factory=list)
+    spacings: list[tuple[float, ...] | None] = field(default_factory=list)
     channels: set[int] = field(default_factory=set)
     voxels: np.ndarray | None = None
 
@@ -111,7 +116,7 @@ class RoleStats:
         self.cases += 1
         self.patients.add(case.patient)
         self.shapes.append(case.spatial_shape)
-        self.spacings.append(tuple(case.spacing))
+        self.spacings.append(None if case.spacing is None else tuple(case.spacing))
         self.channels.add(case.in_channels)
         if case.label is None:
             self.unlabeled += 1
@@ -119,12 +124,19 @@ class RoleStats:
         counts = np.bincount(case.label.ravel(), minlength=num_classes)
         self.voxels = counts if self.voxels is None else self.voxels + counts
 
+    def _spacing(self) -> str:
+        known = [spacing for spacing in self.spacings if spacing is not None]
+        if not known:
+            return "unknown"
+        unknown = len(self.spacings) - len(known)
+        return f"{_ranges(known, '{:.3g}')} mm" + (f" ({unknown} cases unknown)" if unknown else "")
+
     def describe(self, class_names: list[str]) -> list[str]:
         labels = f", {self.unlabeled} without labels" if self.unlabeled else ""
         lines = [
             f"{self.cases} cases, {len(self.patients)} patients{labels}; channels "
             f"{'/'.join(map(str, sorted(self.channels))) or '-'}; shape {_ranges(self.shapes, '{:d}')}; "
-            f"spacing {_ranges(self.spacings, '{:.3g}')} mm"
+            f"spacing {self._spacing()}"
         ]
         if self.voxels is not None:
             shares = self.voxels / max(int(self.voxels.sum()), 1)

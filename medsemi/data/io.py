@@ -8,6 +8,8 @@ passes" and "loading succeeds" cannot disagree.
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from medsemi.data.cases import Case, DataError, Dataset, DatasetInfo
+from medsemi.data.cases import Case, DataError, DataFileError, Dataset, DatasetInfo
 
 T = TypeVar("T")
 
@@ -27,20 +29,13 @@ ROLES = ("train", "val", "test", "unlabeled")
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 RASTER_ENDINGS = (".png", ".tif", ".tiff")
 AFFINE_TOLERANCE = 1e-4
+SPACING_SPREAD = 0.01
+"""3D voxel sizes that differ by more than 1 % on an axis are mixed spacings (header rounding is not)."""
+INTENSITY_LIMIT = 1e10
+"""No scanner writes larger values; their squares summed over a batch (variances, MSE losses) overflow
+float32, so training would turn them into inf/NaN."""
 COLOUR_MODES = ("RGB", "RGBA", "P", "CMYK", "YCbCr", "HSV", "LAB")  # PIL modes read as 3-channel RGB images
 GREY_ALPHA_MODES = ("LA", "La", "PA")
-
-
-class DataFileError(DataError):
-    """A DataError about one file: `path` and `problem` kept apart so a checker can list them."""
-
-    def __init__(self, path: Path, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
-        self.path = Path(path)
-        self.problem = problem
-
-    def __reduce__(self) -> tuple:
-        return type(self), (self.path, self.problem)
 
 
 class ProblemLog:
@@ -49,11 +44,16 @@ class ProblemLog:
     def __init__(self, collect: bool = False) -> None:
         self.collect = collect
         self.errors: list[DataError] = []
+        self.warnings: list[tuple[Path, str]] = []
 
     def report(self, error: DataError) -> None:
         if not self.collect:
             raise error
         self.errors.append(error)
+
+    def warn(self, path: Path, message: str) -> None:
+        """Something to say about the data that is not wrong in itself: kept for loading and checking."""
+        self.warnings.append((Path(path), message))
 
     def attempt(self, function: Callable[..., T], *args: object) -> T | None:
         """`function(*args)`, or None after recording its DataError (collecting mode only)."""
@@ -66,15 +66,126 @@ class ProblemLog:
 
 @dataclass
 class Source:
-    """A dataset folder before its pixels are read: info plus lazy cases per role (train/val/test/...)."""
+    """A dataset folder before its pixels are read: info plus lazy cases per role (train/val/test/...), and
+    the reader's warnings about the folder."""
 
     info: DatasetInfo
     roles: dict[str, Iterable[Case]] = field(default_factory=dict)
     root: Path | None = None
+    warnings: list[tuple[Path, str]] = field(default_factory=list)
 
     def load(self) -> Dataset:
+        """Every case, read; the first problem raised; the reader's and the cross-case warnings warned."""
         cases = {role: list(self.roles.get(role, ())) for role in ROLES}
+        checks = CrossCaseChecks(self.info, self.root)
+        for role, role_cases in cases.items():
+            for case in role_cases:
+                checks.add(role, case)
+        for error in checks.problems():
+            raise error
+        for where, message in [*self.warnings, *checks.warnings()]:
+            warnings.warn(f"{where}: {message}", stacklevel=2)
         return Dataset(info=self.info, root=self.root, **cases)
+
+
+TRAINING_ROLES = ("train", "unlabeled")
+EVALUATION_ROLES = ("val", "test")
+
+
+@dataclass
+class _Seen:
+    """What the cross-case checks keep of a case: no arrays, only its names and its image's digest."""
+
+    role: str
+    case_id: str
+    patient: str
+    where: Path | str
+    digest: str
+
+
+class CrossCaseChecks:
+    """What no single file shows, checked on a whole dataset: a case id in two roles, an evaluation (val/test)
+    image identical to a training image, an evaluation case of a training patient (all three leak training
+    data into the evaluation), and as warnings a declared class that occurs in no label (legitimate in a
+    subset) and 3D volumes of different voxel spacings (medsemi does not resample). Fed one case at a time,
+    so `medsemi data check` keeps no arrays."""
+
+    def __init__(self, info: DatasetInfo, root: Path | None) -> None:
+        self.info, self.root = info, root
+        self.seen: list[_Seen] = []
+        self.voxels = np.zeros(info.num_classes, dtype=np.int64)
+        self.labeled = 0
+        self.spacings: set[tuple[float, ...]] = set()
+
+    def add(self, role: str, case: Case) -> None:
+        image = np.ascontiguousarray(case.image)
+        digest = hashlib.blake2b(f"{image.shape}{image.dtype.str}".encode(), digest_size=16)
+        digest.update(image.data)
+        where = case.source if case.source is not None else case.case_id
+        self.seen.append(_Seen(role, case.case_id, case.patient, where, digest.hexdigest()))
+        if case.spacing is not None and len(case.spacing) == 3:
+            self.spacings.add(tuple(case.spacing))
+        if case.label is not None:
+            self.labeled += 1
+            self.voxels += np.bincount(case.label.ravel(), minlength=self.info.num_classes)[: self.info.num_classes]
+
+    def problems(self) -> list[DataError]:
+        """One error per offending case, naming its file and the training case it repeats."""
+        first_of_id: dict[str, _Seen] = {}
+        training_images: dict[str, _Seen] = {}
+        training_patients: dict[str, _Seen] = {}
+        for item in self.seen:
+            if item.role in TRAINING_ROLES:
+                training_images.setdefault(item.digest, item)
+                training_patients.setdefault(item.patient, item)
+        errors: list[DataError] = []
+        for item in self.seen:
+            other = first_of_id.setdefault(item.case_id, item)
+            if other.role != item.role:
+                errors.append(
+                    _file_error(item, f"case id {item.case_id!r} is also a {other.role} case ({other.where})")
+                )
+            elif item.role in EVALUATION_ROLES and item.digest in training_images:
+                twin = training_images[item.digest]
+                problem = f"{item.role} image is identical to {twin.role} case {twin.case_id!r} ({twin.where})"
+                errors.append(_file_error(item, problem))
+            elif item.role in EVALUATION_ROLES and item.patient in training_patients:
+                twin = training_patients[item.patient]
+                problem = (
+                    f"{item.role} case {item.case_id!r} is of patient {item.patient!r}, who is also a {twin.role} "
+                    f"patient (case {twin.case_id!r}): one patient must be in training or evaluation, not both"
+                )
+                errors.append(_file_error(item, problem))
+        return errors
+
+    def warnings(self) -> list[tuple[Path, str]]:
+        """(folder, message) per declared class that no label holds (none when nothing is labeled), and one
+        when 3D spacings differ by more than SPACING_SPREAD on an axis."""
+        where = self.root if self.root is not None else Path(self.info.name)
+        found = []
+        if self.spacings:
+            low, high = np.min(list(self.spacings), axis=0), np.max(list(self.spacings), axis=0)
+            if (high > low * (1 + SPACING_SPREAD)).any():
+                ranges = " x ".join(f"{a:.3g}..{b:.3g}" for a, b in zip(low, high, strict=True))
+                found.append(
+                    (
+                        where,
+                        f"the volumes have different voxel spacings ({ranges} mm): medsemi neither resamples nor "
+                        "reorients, so a network sees one structure at different sizes in voxels; resample every "
+                        "scan to one spacing first (docs/reference/dataset-format.md, 3D scans)",
+                    )
+                )
+        if not self.labeled:
+            return found
+        return found + [
+            (where, f"declared class {k} {name!r} occurs in no label of the {self.labeled} labeled cases")
+            for k, name in enumerate(self.info.class_names)
+            if self.voxels[k] == 0
+        ]
+
+
+def _file_error(item: _Seen, problem: str) -> DataError:
+    return DataFileError(item.where, problem) if isinstance(item.where, Path) else DataError(f"{item.where}: {problem}")
 
 
 def existing_dir(root: Path | str | None, dataset: str) -> Path:
@@ -140,14 +251,25 @@ def read_h5(path: Path, keys: tuple[str, ...] = ("image", "label")) -> dict[str,
         raise DataFileError(path, f"unreadable or corrupt HDF5 file ({error})") from error
 
 
-def checked_image(path: Path, image: np.ndarray, spatial_dims: int) -> np.ndarray:
-    """float32 with `spatial_dims` axes and finite values."""
-    if image.ndim != spatial_dims:
-        raise DataFileError(path, f"expected a {spatial_dims}D image, got shape {image.shape}")
-    image = np.asarray(image, dtype=np.float32)
+def checked_values(path: Path, image: np.ndarray) -> np.ndarray:
+    """The image, if its values are finite and small enough that training's squares and sums stay finite."""
     if not np.isfinite(image).all():
         raise DataFileError(path, "image contains NaN or infinite values")
+    peak = float(np.abs(image).max()) if image.size else 0.0
+    if peak > INTENSITY_LIMIT:
+        raise DataFileError(
+            path,
+            f"image intensities reach {peak:.3g}, beyond +-{INTENSITY_LIMIT:g}: training would overflow to "
+            "inf/NaN; rescale the image",
+        )
     return image
+
+
+def checked_image(path: Path, image: np.ndarray, spatial_dims: int) -> np.ndarray:
+    """float32 with `spatial_dims` axes and finite, bounded values."""
+    if image.ndim != spatial_dims:
+        raise DataFileError(path, f"expected a {spatial_dims}D image, got shape {image.shape}")
+    return checked_values(path, np.asarray(image, dtype=np.float32))
 
 
 def checked_label(path: Path, label: np.ndarray, spatial_shape: tuple[int, ...], class_names: list[str]) -> np.ndarray:
@@ -181,10 +303,10 @@ def has_ending(path: Path | str, endings: tuple[str, ...]) -> bool:
 @dataclass
 class Raw:
     """One image or label file as stored (file axis order): images (C, *spatial), labels (*spatial); geometry
-    (spacing in mm, 4x4 affine) when the format has it, else spacing 1.0 and no affine."""
+    (spacing in mm, 4x4 affine) when the format has it, else no spacing (unknown) and no affine."""
 
     array: np.ndarray
-    spacing: tuple[float, ...]
+    spacing: tuple[float, ...] | None
     affine: np.ndarray | None
 
 
@@ -202,8 +324,20 @@ def read_nifti(path: Path, label: bool = False) -> Raw:
         array = array[:, :, 0]
     if array.ndim not in (2, 3):
         raise DataFileError(path, f"expected a 2D or 3D NIfTI (one file per channel), got shape {array.shape}")
-    zooms = tuple(float(zoom) for zoom in image.header.get_zooms()[: array.ndim])
-    return Raw(array if label else array[None], zooms, np.asarray(image.affine, dtype=np.float64))
+    zooms = tuple(float(zoom) for zoom in _stored_pixdim(path, image)[: array.ndim])
+    if not all(np.isfinite(zoom) and zoom > 0 for zoom in zooms):
+        raise DataFileError(path, f"voxel size (header pixdim) {zooms} must be positive; fix the header")
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if not np.isfinite(affine).all() or np.linalg.matrix_rank(affine[:3, : array.ndim]) < array.ndim:
+        raise DataFileError(path, "the header's affine is singular (e.g. all zero): voxels have no position in space")
+    return Raw(array if label else array[None], zooms, affine)
+
+
+def _stored_pixdim(path: Path, image: nib.Nifti1Image) -> np.ndarray:
+    """The voxel sizes as the file stores them: nibabel's loaded header silently turns 0 into 1 and drops signs."""
+    with nib.openers.ImageOpener(path) as handle:
+        header = type(image.header).from_fileobj(handle, check=False)
+    return np.asarray(header["pixdim"][1:4], dtype=np.float64)
 
 
 def read_raster(path: Path, label: bool = False) -> Raw:
@@ -225,12 +359,12 @@ def read_raster(path: Path, label: bool = False) -> Raw:
             raise DataFileError(
                 path, f"a label must be a single-channel image of class indices, got shape {array.shape}"
             )
-        return Raw(array, (1.0, 1.0), None)
+        return Raw(array, None, None)
     if array.dtype.kind in "ui":
         scale = {1: 255.0, 2: 65535.0}.get(array.dtype.itemsize, 1.0)
         array = array.astype(np.float32) / scale
     array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
-    return Raw(np.ascontiguousarray(array, dtype=np.float32), (1.0, 1.0), None)
+    return Raw(np.ascontiguousarray(array, dtype=np.float32), None, None)
 
 
 def read_file(path: Path, label: bool = False) -> Raw:
@@ -255,9 +389,7 @@ def read_channels(paths: list[Path]) -> Raw:
             raise DataFileError(path, f"spacing/affine differ from {paths[0].name}'s")
         arrays.append(raw.array)
     image = np.concatenate(arrays) if len(arrays) > 1 else first.array
-    if not np.isfinite(image).all():
-        raise DataFileError(paths[0], "image contains NaN or infinite values")
-    return Raw(image, first.spacing, first.affine)
+    return Raw(checked_values(paths[0], image), first.spacing, first.affine)
 
 
 def same_geometry(a: Raw, b: Raw) -> bool:
@@ -303,7 +435,8 @@ def write_prediction(case: Case, labels: np.ndarray, path: Path | str) -> Path:
     data = labels.astype(dtype)
     if source is not None and len(source.shape) == 3 and data.ndim == 2:
         data = data[:, :, None]
-    affine = case.affine if case.affine is not None else np.diag([*case.spacing, *[1.0] * (4 - len(case.spacing))])
+    spacing = case.spacing or (1.0,) * labels.ndim
+    affine = case.affine if case.affine is not None else np.diag([*spacing, *[1.0] * (4 - len(spacing))])
     image = nib.Nifti1Image(data, affine)
     codes = (0, 0) if source is None else (int(source.header["qform_code"]), int(source.header["sform_code"]))
     if any(codes):

@@ -1,7 +1,8 @@
 """Bring-your-own data: an nnU-Net-v2-style folder, plus `imagesUnlabeled/` for the scans nobody annotated.
 
     ROOT/dataset.json                 labels {name: int}, channel_names {"0": name, ...}, file_ending
-                                      (optional: patients {case: patient}, name)
+                                      (optional: patients {case: patient}, name; PNG/TIFF: spacing,
+                                      spacing_unit)
     ROOT/imagesTr/<case>_0000<ext>    one file per channel (_0001, ... for more); RGB PNG/TIFF is one file
     ROOT/labelsTr/<case><ext>         integer class map, same grid as the image
     ROOT/imagesUnlabeled/<case>_0000<ext>   optional: unannotated scans (the unlabeled pool)
@@ -9,7 +10,8 @@
 
 Arrays keep the file's axis order (NIfTI: X, Y, Z; no reorientation), channels first; spacing and affine come
 from the NIfTI header, so `write_prediction` puts a mask back exactly on the input grid. A NIfTI whose third
-axis has length 1 is a 2D image. PNG/TIFF images become (C, H, W) float32 in [0, 1], spacing 1.0, no affine.
+axis has length 1 is a 2D image. PNG/TIFF images become (C, H, W) float32 in [0, 1] with no affine, and the
+spacing dataset.json declares (converted to mm), or none: unknown, so no millimetre metrics.
 """
 
 from __future__ import annotations
@@ -49,15 +51,20 @@ FOLDERS = {
 }
 
 
+SPACING_UNITS = {"mm": 1.0, "um": 1e-3, "µm": 1e-3, "cm": 10.0}
+"""dataset.json `spacing_unit`s, as millimetres per unit (spacing is kept in mm)."""
+
+
 @dataclass
 class Meta:
-    """What dataset.json says."""
+    """What dataset.json says; `spacing` (PNG/TIFF only) in mm."""
 
     name: str
     class_names: list[str]
     channel_names: list[str]
     ending: str
     patients: dict[str, str] = field(default_factory=dict)
+    spacing: tuple[float, ...] | None = None
 
 
 def read_meta(path: Path) -> Meta:
@@ -93,7 +100,26 @@ def read_meta(path: Path) -> Meta:
         channel_names=[str(channels[key]) for key in sorted(channels, key=int)],
         ending=ending,
         patients={str(case): str(patient) for case, patient in patients.items()},
+        spacing=_declared_spacing(path, meta, ending),
     )
+
+
+def _declared_spacing(path: Path, meta: dict, ending: str) -> tuple[float, ...] | None:
+    """PNG/TIFF pixel size from `spacing` [rows, columns] and `spacing_unit` (mm, um, cm; default mm), in mm.
+    NIfTI files carry their own in the header, so declaring one there is refused rather than ignored."""
+    if "spacing" not in meta:
+        if "spacing_unit" in meta:
+            raise DataFileError(path, "spacing_unit without spacing: declare the pixel size, e.g. [0.01, 0.01]")
+        return None
+    if ending in NIFTI_ENDINGS:
+        raise DataFileError(path, "spacing is for PNG/TIFF data; NIfTI files keep their voxel size in the header")
+    spacing, unit = meta["spacing"], meta.get("spacing_unit", "mm")
+    valid = isinstance(spacing, list) and len(spacing) == 2
+    if not valid or not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in spacing):
+        raise DataFileError(path, f"spacing must be two positive numbers [rows, columns], got {spacing!r}")
+    if unit not in SPACING_UNITS:
+        raise DataFileError(path, f"spacing_unit {unit!r} is not one of {', '.join(SPACING_UNITS)}")
+    return tuple(float(v) * SPACING_UNITS[unit] for v in spacing)
 
 
 def case_ids(folder: Path, meta: Meta, log: ProblemLog) -> list[str]:
@@ -128,7 +154,15 @@ def _probe(path: Path, meta: Meta) -> tuple[int, int, int]:
     return (1, 3, 2) if rgb else (n, n, 2)
 
 
-def read_case(image_paths: list[Path], label_path: Path | None, case_id: str, patient: str, info: DatasetInfo) -> Case:
+def read_case(
+    image_paths: list[Path],
+    label_path: Path | None,
+    case_id: str,
+    patient: str,
+    info: DatasetInfo,
+    declared_spacing: tuple[float, ...] | None = None,
+) -> Case:
+    """One case; `declared_spacing` stands for the spacing a PNG/TIFF file cannot store."""
     missing = [path for path in image_paths if not path.is_file()]
     if missing:
         raise DataFileError(missing[0], f"missing channel file of case {case_id!r} (dataset.json lists the channels)")
@@ -151,7 +185,8 @@ def read_case(image_paths: list[Path], label_path: Path | None, case_id: str, pa
                 label_path,
                 f"spacing/affine differ from the image's (label spacing {raw.spacing}, image {image.spacing})",
             )
-    return Case(case_id, patient, image.array, label, image.spacing, image.affine, source=image_paths[0])
+    spacing = image.spacing if image.spacing is not None else declared_spacing
+    return Case(case_id, patient, image.array, label, spacing, image.affine, source=image_paths[0])
 
 
 def _cases(
@@ -166,9 +201,29 @@ def _cases(
     for case_id in ids:
         paths = [images / f"{case_id}_{channel:04d}{meta.ending}" for channel in range(files)]
         label_path = labels / f"{case_id}{meta.ending}" if labels is not None else None
-        case = log.attempt(read_case, paths, label_path, case_id, meta.patients.get(case_id, case_id), info)
+        patient = meta.patients.get(case_id, case_id)
+        case = log.attempt(read_case, paths, label_path, case_id, patient, info, meta.spacing)
         if case is not None:
             yield case
+
+
+def _check_patients(path: Path, meta: Meta, cases: list[str], log: ProblemLog) -> None:
+    """`patients` maps case ids exactly: an entry that names no case (a pattern, a prefix, a typo) is a
+    problem, and a case left out, once some are listed, is warned about: it becomes a patient of its own, so
+    a budget or val_from_train could put it on the other side from its siblings."""
+    if not meta.patients:
+        return
+    known = set(cases)
+    strangers = sorted(set(meta.patients) - known)
+    if strangers:
+        problem = (
+            f"patients names {len(strangers)} id(s) that are no case, e.g. {strangers[:3]}: list every case id "
+            "exactly (no patterns or prefixes)"
+        )
+        log.report(DataFileError(path, problem))
+    missing = [case for case in cases if case not in meta.patients]
+    if missing:
+        log.warn(path, f"patients leaves out {len(missing)} case(s), e.g. {missing[:3]}: each is its own patient")
 
 
 def scan(root: Path | None, log: ProblemLog, val_from_train: int = 0) -> Source:
@@ -184,11 +239,14 @@ def scan(root: Path | None, log: ProblemLog, val_from_train: int = 0) -> Source:
         ids[role] = case_ids(root / images, meta, log) if present else []
     if not ids["train"]:
         raise DataFileError(images_tr, f"no training images named <case>_0000{meta.ending}")
-    known = set(ids["train"])
-    for path in sorted(labels_tr.iterdir()):
-        if path.name.endswith(meta.ending) and path.name[: -len(meta.ending)] not in known:
-            problem = f"label without an image (expected imagesTr/<case>_0000{meta.ending})"
-            log.report(DataFileError(path, problem))
+    for role in ("train", "test"):  # a label whose image is missing would be dropped without a word
+        images, labels = FOLDERS[role]
+        known = set(ids[role])
+        for path in sorted((root / labels).iterdir()) if (root / labels).is_dir() else []:
+            if path.name.endswith(meta.ending) and path.name[: -len(meta.ending)] not in known:
+                problem = f"label without an image (expected {images}/<case>_0000{meta.ending})"
+                log.report(DataFileError(path, problem))
+    _check_patients(root / "dataset.json", meta, [name for names in ids.values() for name in names], log)
     files, channels, dims = _probe(images_tr / f"{ids['train'][0]}_0000{meta.ending}", meta)
     info = DatasetInfo(meta.name, meta.class_names, spatial_dims=dims, in_channels=channels)
     patient_of = {case_id: meta.patients.get(case_id, case_id) for case_id in ids["train"]}
@@ -198,7 +256,7 @@ def scan(root: Path | None, log: ProblemLog, val_from_train: int = 0) -> Source:
         role: _cases(root / images, root / labels if labels else None, ids[role], meta, files, info, log)
         for role, (images, labels) in folders.items()
     }
-    return Source(info, roles, root)
+    return Source(info, roles, root, log.warnings)
 
 
 @register_dataset("nnunet")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from medsemi.data.cases import DataError, Dataset
@@ -26,7 +26,9 @@ def _import_readers() -> None:
         importlib.import_module(f"medsemi.data.{module}")
 
 
-def create_dataset(name: str, root: Path | str | None = None, **options: object) -> Dataset:
+def dataset_factory(name: str, options: Mapping[str, object]) -> Callable[..., Dataset]:
+    """The named reader, once it is known to take every one of `options` (config validation calls this
+    before any data is read)."""
     _import_readers()
     factory = DATASETS.get(name)
     parameters = inspect.signature(factory).parameters
@@ -34,7 +36,11 @@ def create_dataset(name: str, root: Path | str | None = None, **options: object)
     if unknown:
         known = sorted(key for key in parameters if key != "root")
         raise DataError(f"unknown data.options {unknown} for dataset {name!r}; known: {known}")
-    return factory(root=Path(root) if root is not None else None, **options)
+    return factory
+
+
+def create_dataset(name: str, root: Path | str | None = None, **options: object) -> Dataset:
+    return dataset_factory(name, options)(root=Path(root) if root is not None else None, **options)
 
 
 def list_datasets() -> list[str]:

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from medsemi.config import DataConfig
@@ -47,6 +48,35 @@ class Split:
 def patients(cases: list[Case]) -> list[str]:
     """Distinct patients in order of first appearance."""
     return list(dict.fromkeys(case.patient for case in cases))
+
+
+def across_patients(cases: list[Case], limit: int | None, seed: int) -> list[Case]:
+    """The first `limit` cases (all when None) of a round robin over the patients (in order of first
+    appearance), each patient's cases in a seeded random order: any prefix is an even, deterministic sample of
+    every patient, where the first N cases of a list sorted by case id may all be one patient's."""
+    by_patient: dict[str, list[Case]] = {}
+    for case in cases:
+        by_patient.setdefault(case.patient, []).append(case)
+    queues = [
+        [group[i] for i in np.random.default_rng([seed, index]).permutation(len(group))]
+        for index, group in enumerate(by_patient.values())
+    ]
+    order = [
+        queue[depth] for depth in range(max(map(len, queues), default=0)) for queue in queues if depth < len(queue)
+    ]
+    return order if limit is None else order[:limit]
+
+
+def describe_split(split: Split, notes: dict[str, str] | None = None) -> list[str]:
+    """Lines saying how the split was chosen and how many cases and patients each role holds (`notes`: a
+    remark per role, e.g. which validation cases are scored), for commands to print before they work."""
+    notes = notes or {}
+    lines = [f"split: {split.rule}"]
+    for key in SPLIT_KEYS:
+        cases = getattr(split, key)
+        note = f" ({notes[key]})" if key in notes else ""
+        lines.append(f"  {key:<10}{len(cases):>6} cases {len(patients(cases)):>5} patients{note}")
+    return lines
 
 
 def unlabeled_view(cases: list[Case]) -> list[Case]:

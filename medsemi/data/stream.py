@@ -9,21 +9,16 @@ same global batch. Augmentation runs batched on the device (medsemi.data.augment
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from medsemi.data.augment import acdc_augment, la_augment, pad_for_crop, random_crop, resize, strong_view
+from medsemi.data.augment import Recipe, apply_recipe, pad_for_crop, random_crop, recipe, resize, strong_view
 from medsemi.data.cases import Case, DataError
 from medsemi.methods.base import Batch
-
-AUGMENTS = ("acdc", "acdc_head", "la", "crop", "none")
-"""acdc: SSL4MIS RandomGenerator as published (2D; slices resized to the patch). acdc_head: its June-2025
-HEAD variant (50/50 rot-flip / rotation). la: UA-MT RandomCrop (zero padding) + RandomRotFlip, 2D or 3D.
-crop: the same recipe under its generic name (2D images larger than the patch, e.g. pathology).
-none: slices resized to the patch (2D) or random crops (3D), nothing else."""
 
 _LABELED, _UNLABELED = 0, 1
 
@@ -144,43 +139,33 @@ class BatchStream:
         patch_size: tuple[int, ...],
         batch_labeled: int,
         batch_unlabeled: int,
-        augment: str,
+        augment: str | Mapping[str, Any] | Recipe,
         strong_view: bool,
         seed: int,
         device: torch.device,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if augment not in AUGMENTS:
-            raise DataError(f"data.augment {augment!r} is not one of {', '.join(AUGMENTS)}")
         if len(patch_size) != spatial_dims:
             raise DataError(f"data.patch_size {list(patch_size)} does not have {spatial_dims} axes")
-        if augment.startswith("acdc") and spatial_dims != 2:
-            raise DataError(f"data.augment {augment!r} is a 2D recipe; use 'la' or 'none' for 3D data")
+        try:
+            self.recipe = recipe(augment, spatial_dims)
+        except ValueError as error:
+            raise DataError(str(error)) from error
         if not labeled or batch_labeled < 1:
             raise DataError("the batch stream needs labeled cases and batch_labeled >= 1")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.patch_size = tuple(int(p) for p in patch_size)
         self.batch_labeled, self.batch_unlabeled = batch_labeled, batch_unlabeled
-        self.augment, self.strong_view = augment, strong_view
+        self.strong_view = strong_view
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.device = torch.device(device)
-        resized = spatial_dims == 2 and (augment.startswith("acdc") or augment == "none")
-        pool = _ResizedPool if resized else _CropPool
+        pool = _CropPool if self.recipe.crops(spatial_dims) else _ResizedPool
         self._labeled = pool(_slices(labeled, spatial_dims, True), self.patch_size, self.device)
         self.in_channels = int(self._labeled.images[0].shape[0])
         items = _slices(unlabeled, spatial_dims, False) if batch_unlabeled > 0 else []
         self._unlabeled = pool(items, self.patch_size, self.device) if items else None
-        self._transform = self._recipe()
-
-    def _recipe(self) -> Callable[[Tensor, Tensor | None, Tensor | None, torch.Generator], tuple]:
-        if self.augment in ("acdc", "acdc_head"):
-            era = self.augment == "acdc"
-            return lambda x, y, sizes, g: acdc_augment(x, y, g, published_era=era, source_sizes=sizes)
-        if self.augment in ("la", "crop"):
-            return lambda x, y, sizes, g: la_augment(x, y, g)
-        return lambda x, y, sizes, g: (x, y)
 
     def _indices(self, stream: int, n: int, batch: int, step: int) -> Tensor:
         start = (step * self.world_size + self.rank) * batch
@@ -197,7 +182,7 @@ class BatchStream:
         self, pool: _ResizedPool | _CropPool, indices: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor | None]:
         images, labels, sizes = pool.take(indices, generator)
-        return self._transform(images, labels, sizes, generator)
+        return apply_recipe(self.recipe, images, labels, generator, sizes)
 
     def sample_indices(self, step: int) -> tuple[Tensor, Tensor]:
         """(labeled, unlabeled) case/slice indices of this rank's part of the batch at `step`."""

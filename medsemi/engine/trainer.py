@@ -6,24 +6,34 @@ import math
 import random
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from medsemi.config import Config, save_config
+from medsemi.config import Config, check_resume, save_config
 from medsemi.data.cases import DataError
-from medsemi.data.splits import load_split, require_unlabeled
+from medsemi.data.splits import across_patients, describe_split, load_split, patients, require_unlabeled
 from medsemi.data.stream import BatchStream
 from medsemi.engine import distributed
-from medsemi.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from medsemi.engine.checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    load_checkpoint,
+    load_weights,
+    non_finite,
+    save_checkpoint,
+)
+from medsemi.engine.run_folder import foreign_entries
 from medsemi.engine.step import OptimisationStep
 from medsemi.eval.evaluate import evaluate_cases, mean_dice
 from medsemi.methods import Method, MethodContext, create_method
 from medsemi.methods.base import NetSpec, Stage
+from medsemi.progress import progress, say
 
 
 class RunExistsError(FileExistsError):
@@ -47,8 +57,19 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to write into another run's folder unless asked to resume it or to replace it."""
+    """Refuse to write into another run's folder unless asked to resume it or to replace it, and refuse both
+    for a folder that holds anything medsemi does not write (medsemi.engine.run_folder): never delete or
+    continue someone else's files."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunExistsError(f"{run_dir}: run.dir names a file, not a folder")
     if run_dir.exists() and any(run_dir.iterdir()):
+        foreign = foreign_entries(run_dir)
+        if foreign:
+            names = ", ".join(str(path.relative_to(run_dir)) for path in foreign[:5])
+            raise RunExistsError(
+                f"{run_dir} is not a medsemi run folder (it holds {names}{', ...' if len(foreign) > 5 else ''}); "
+                "medsemi neither resumes nor replaces it: choose another run.dir"
+            )
         if resume:
             for stale in run_dir.glob("**/.*.tmp"):  # a write killed before its rename
                 stale.unlink()
@@ -140,6 +161,8 @@ class Trainer:
             world_size=self.dist.world_size,
         )
         self.val_cases = self._val_cases()
+        if self.dist.is_main:
+            say("\n".join(describe_split(self.split, self._split_notes())))
         self.state = TrainState()
         self.checkpoint_dir = self.run_dir / "checkpoints"
         last = self.checkpoint_dir / "last.pt"
@@ -157,27 +180,77 @@ class Trainer:
         cases = {"val": self.split.val, "test": self.split.test}.get(split)
         if cases is None:
             raise DataError(f"train.val_split {split!r} is not one of val, test, none")
+        if self.config.train.val_sampling == "across_patients":
+            return across_patients(cases, self.config.train.val_limit, self.config.seed)
         return cases[: self.config.train.val_limit]
 
+    def _split_notes(self) -> dict[str, str]:
+        """What the run does with each role, beside the split's counts."""
+        train = self.config.train
+        notes = {"labeled": "trained on"}
+        if not self.method.uses_unlabeled:
+            notes["unlabeled"] = f"not used by {self.config.method_name}"
+        if not self.val_cases:
+            where = "train.val_split none" if train.val_split == "none" else f"no {train.val_split} cases"
+            notes["val" if train.val_split == "none" else train.val_split] = (
+                f"no validation ({where}): the last checkpoint is the result"
+            )
+        else:
+            chosen = f"{len(self.val_cases)} cases of {len(patients(self.val_cases))} patients"
+            how = "" if train.val_limit is None else f", train.val_sampling {train.val_sampling}"
+            notes[train.val_split] = f"validation every {train.val_every} iterations on {chosen}{how}"
+        return notes
+
     def _restore(self, checkpoint: dict[str, Any]) -> None:
-        self.method.load_state_dict(checkpoint["method"])
-        self.state = TrainState(**checkpoint["state"])
+        """Continue from last.pt, only with the settings the run was started with; a run that has already
+        finished is said to be one (nothing more is trained)."""
+        last = self.checkpoint_dir / "last.pt"
+        distributed.on_main(self.dist, lambda: check_resume(self.config, self.run_dir / "config.yaml"))
+        load_weights(self.method, checkpoint["method"], last)
+        try:
+            self.state = TrainState(**checkpoint["state"])
+        except TypeError as error:
+            raise CheckpointError(last, f"its training state is not a medsemi run's ({error})") from error
+        if self.state.finished and self.dist.is_main:
+            message = (
+                f"{self.run_dir}: the run already finished ({self.state.global_step} iterations), nothing to train"
+            )
+            warnings.warn(message, stacklevel=2)
         self._pending_optimizers = checkpoint.get("optimizers")
         states = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
         if len(states) == self.dist.world_size:
             rng = states[self.dist.rank]
             torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
+            name, keys, *rest = rng["numpy"]  # keys: a tensor (a numpy array in older checkpoints)
+            np.random.set_state((name, np.asarray(keys).astype(np.uint32), *rest))
             random.setstate(rng["python"])
         else:  # resumed on another number of processes: fresh, still distinct, seeds
             seed_everything(distributed.rank_seed(self.config.seed + self.state.global_step, self.dist.rank))
 
     def _checkpoint(self, name: str, optimizers: dict[str, torch.optim.Optimizer]) -> None:
-        """Collective under torchrun (buffers and random states gathered); only rank 0 writes."""
+        """Collective under torchrun (buffers and random states gathered); only rank 0 writes. Weights or
+        optimizer state that are no longer finite are never written: the run stops, the previous file stays.
+
+        Random states are stored as tensors and plain values, so the file loads with weights_only=True.
+        """
         distributed.broadcast_state(self.method, self.dist, parameters=False)
+        state = {"method": self.method.state_dict(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()}}
+        bad = non_finite(state)
+        if bad:
+            last = self.checkpoint_dir / "last.pt"
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
+            raise NonFiniteLossError(
+                f"{self.run_dir}: {', '.join(bad[:3])} became non-finite by global step {self.state.global_step} "
+                f"(the loss diverged: lower optim.lr); {name} not written, {kept}"
+            )
         distributed.assert_in_sync(self.method, self.dist)
+        numpy_name, keys, *numpy_rest = np.random.get_state()
         rng = distributed.gather(
-            {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            {
+                "torch": torch.get_rng_state(),
+                "numpy": (numpy_name, torch.from_numpy(keys.astype(np.int64)), *numpy_rest),
+                "python": random.getstate(),
+            },
             self.dist,
         )
         if not self.dist.is_main:
@@ -185,8 +258,7 @@ class Trainer:
         save_checkpoint(
             self.checkpoint_dir / name,
             {
-                "method": self.method.state_dict(),
-                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                **state,
                 "state": self.state.__dict__,
                 "rng": rng[0],
                 "rng_ranks": rng if self.dist.enabled else None,
@@ -225,37 +297,46 @@ class Trainer:
             show_progress=False,
         )
         predictor.train(was_training)
-        return mean_dice([row for rank_rows in distributed.gather(rows, self.dist) for row in rank_rows])
+        dice = mean_dice([row for rank_rows in distributed.gather(rows, self.dist) for row in rank_rows])
+        if self.dist.is_main:
+            stage = self.method.stages()[self.state.stage_index]
+            best = max(dice, self.state.best_dice)
+            say(
+                f"{stage.name} iteration {self.state.step}/{stage.iterations}: validation Dice {dice:.4f} "
+                f"(best {best:.4f}, {len(self.val_cases)} cases)"
+            )
+        return dice
 
     def fit(self) -> Path:
         stages = self.method.stages()
-        previous_best: dict[str, Tensor] | None = None
         for index, stage in enumerate(stages):
             if index < self.state.stage_index:
                 continue
-            if index > 0 and previous_best is None:
-                previous_best = self._best_state(stages[index - 1])
-            self._run_stage(index, stage, previous_best)
-            previous_best = self._best_state(stage)
+            previous = self._best_checkpoint(stages[index - 1]) if index > 0 else None
+            self._run_stage(index, stage, previous)
         return self.run_dir
 
-    def _best_state(self, stage: Stage) -> dict[str, Tensor]:
+    def _best_checkpoint(self, stage: Stage) -> dict[str, Any]:
+        """A finished stage's best-on-val checkpoint (its last one when it never validated)."""
         best = self.checkpoint_dir / f"best_{stage.name}.pt"
         source = best if best.exists() else self.checkpoint_dir / f"last_{stage.name}.pt"
-        state = distributed.on_main(self.dist, lambda: load_checkpoint(source)["method"])
-        return {key: value.to(self.device) for key, value in state.items()}
+        checkpoint = distributed.on_main(self.dist, lambda: load_checkpoint(source))
+        state = {key: value.to(self.device) for key, value in checkpoint["method"].items()}
+        return {**checkpoint, "method": state}
 
-    def _run_stage(self, index: int, stage: Stage, previous_best: dict[str, Tensor] | None) -> None:
+    def _run_stage(self, index: int, stage: Stage, previous: dict[str, Any] | None) -> None:
         resuming = index == self.state.stage_index and self.state.step > 0
         if not resuming:
-            self.method.start_stage(stage, previous_best)
+            self.method.start_stage(stage, previous["method"] if previous is not None else None)
             self.state.stage_index, self.state.step = index, 0
             self.state.best_dice, self.state.best_step = -1.0, -1
         modules = self.method.optimised_modules()
         settings = {name: self.config.optim.settings_for(name) for name in modules}
         optimizers = {name: build_optimizer(module, settings[name]) for name, module in modules.items()}
         pending = getattr(self, "_pending_optimizers", None)
-        if resuming and pending:
+        if not resuming and stage.inherit_optimizer and previous is not None:
+            pending = previous["optimizers"]
+        if pending and (resuming or stage.inherit_optimizer):
             for name, optimizer in optimizers.items():
                 optimizer.load_state_dict(pending[name])
         self._pending_optimizers = None
@@ -337,9 +418,7 @@ def _format(value: Any) -> str:
 
 
 def _progress(stage: Stage, initial: int, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=stage.iterations, initial=initial, desc=stage.name, disable=not enabled, dynamic_ncols=True)
+    return progress(stage.iterations, stage.name, enabled=enabled, initial=initial)
 
 
 def _tensorboard(run_dir: Path) -> Any:

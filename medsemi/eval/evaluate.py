@@ -10,19 +10,28 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from medsemi.config import Config, load_config
+from medsemi.data.augment import recipe
 from medsemi.data.cases import Case, DatasetInfo
-from medsemi.data.splits import load_split
-from medsemi.engine.checkpoint import load_checkpoint
+from medsemi.data.splits import describe_split, load_split, patients
+from medsemi.engine.checkpoint import load_checkpoint, load_weights
+from medsemi.engine.run_folder import evaluation_dir
 from medsemi.eval.figures import ExtremeCases, slice_axis
 from medsemi.eval.inference import predict_case
 from medsemi.eval.metrics import case_metrics
 from medsemi.eval.postprocess import largest_connected_component
-from medsemi.eval.report import plot_case_dice, summarise, write_case_table, write_summary
+from medsemi.eval.report import (
+    patient_rows,
+    plot_case_dice,
+    summarise,
+    write_case_table,
+    write_patient_table,
+    write_summary,
+)
 from medsemi.methods import Method, MethodContext, create_method
 from medsemi.methods.base import NetSpec
+from medsemi.progress import say, track
 
 
 def predict_probabilities(
@@ -31,11 +40,12 @@ def predict_probabilities(
     """(K, *spatial) softmax probabilities of one case, as the protocol of its dataset prescribes.
 
     2D networks trained on resized slices see resized slices (a 2D image is a one-slice volume); networks trained
-    on crops (`augment: crop`, 3D) see a sliding window of the patch size.
+    on crops (a recipe that crops: `crop`, `la`, `{crop: true}`, every 3D one) see a sliding window of the patch.
     """
     patch = config.eval.patch_size or config.data.patch_size
     tensor = torch.from_numpy(np.ascontiguousarray(image)).float().to(device)
-    as_volume = info.spatial_dims == 2 and tensor.dim() == 3 and config.data.augment != "crop"
+    crops = recipe(config.data.augment, info.spatial_dims).crops(info.spatial_dims)
+    as_volume = info.spatial_dims == 2 and tensor.dim() == 3 and not crops
     probs = predict_case(
         net,
         tensor.unsqueeze(1) if as_volume else tensor,
@@ -67,12 +77,13 @@ def evaluate_cases(
     show_progress: bool = True,
     on_case: Callable[[Case, np.ndarray], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (case, foreground class) with every metric (Dice only during training validation).
+    """One row per (case, foreground class) with its patient and every metric (Dice only during training
+    validation); millimetre distances only for cases whose spacing is known.
 
     `on_case(case, predicted_labels)` sees every prediction (figures keep a few slices without re-predicting).
     """
     rows: list[dict[str, Any]] = []
-    for case in tqdm(cases, desc="evaluate", disable=not show_progress, leave=False):
+    for case in track(cases, len(cases), "evaluate", enabled=show_progress, unit="cases"):
         if case.label is None:
             raise ValueError(f"{case.source or case.case_id}: cannot evaluate a case without a label")
         labels = predict_labels(net, case.image, info, config, device)
@@ -80,7 +91,9 @@ def evaluate_cases(
             on_case(case, labels)
         per_class = case_metrics(labels, case.label, info.num_classes, case.spacing, dice_only=dice_only)
         for class_index, metrics in per_class.items():
-            rows.append({"case_id": case.case_id, "class": info.class_names[class_index], **metrics})
+            rows.append(
+                {"case_id": case.case_id, "patient": case.patient, "class": info.class_names[class_index], **metrics}
+            )
     return rows
 
 
@@ -118,9 +131,10 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str | None = None)
         raise FileNotFoundError(f"{path}: no checkpoint; has {run_dir} been trained?")
     state = load_checkpoint(path, "cpu")
     info = DatasetInfo(**state["info"])
-    context = MethodContext(info=info, net=NetSpec(config.net.name, dict(config.net.options)), iterations=1)
+    net = NetSpec(config.net.name, dict(config.net.options))
+    context = MethodContext(info=info, net=net, iterations=config.train.iterations)
     method = create_method(config.method_name, config.method_options, context)
-    method.load_state_dict(state["method"])
+    load_weights(method, state["method"], path)
     method.to(target).eval()
     return LoadedRun(config=config, info=info, method=method, checkpoint=checkpoint, device=target)
 
@@ -128,31 +142,50 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str | None = None)
 def evaluate_run(
     run_dir: Path, split: str = "test", checkpoint: str = "best", limit: int | None = None
 ) -> dict[str, Any]:
-    """Evaluate a run on a split; writes eval/<split>_<checkpoint>/{cases.csv,summary.md,summary.csv,dice.png}
-    and overlays/ of the worst and best cases."""
+    """Evaluate a run on a split; writes {cases.csv,patients.csv,summary.md,summary.csv,dice.png} and overlays/
+    of the worst and best cases into eval/<split>_<checkpoint>, or eval/<split>_<checkpoint>_first<N> when
+    `limit` leaves out cases (the returned summary's "folder"). Results are per case and per patient (the mean
+    over each patient's cases: slices, patches or frames of one subject are not independent)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"evaluate --limit must be a positive number of cases, got {limit!r}")
     run_dir = Path(run_dir)
     loaded = load_run(run_dir, checkpoint)
     config = loaded.config
-    cases = getattr(load_split(config.data)[1], split)
+    chosen = load_split(config.data)[1]
+    cases = getattr(chosen, split)
     if not cases:
         raise ValueError(f"{run_dir}: the {split!r} split of {config.data.dataset} is empty")
+    limited = limit is not None and limit < len(cases)
     cases = cases[:limit]
-    extremes = ExtremeCases(axis=slice_axis(loaded.info.spatial_dims))
+    scored = f"evaluated: {'the first ' if limited else ''}{len(cases)} cases of {len(patients(cases))} patients"
+    say("\n".join(describe_split(chosen, {split: scored})))
+    extremes = ExtremeCases(axis=slice_axis(loaded.info.spatial_dims), class_names=loaded.info.class_names)
     rows = evaluate_cases(loaded.method.predictor(), cases, loaded.info, config, loaded.device, on_case=extremes)
-    summary = {**summarise(rows), "checkpoint": loaded.checkpoint}
-    out = run_dir / "eval" / f"{split}_{loaded.checkpoint}"
+    out = evaluation_dir(run_dir, split, loaded.checkpoint, limit if limited else None)
+    by_patient = patient_rows(rows)
+    summary = {
+        **summarise(rows),
+        "per_patient": summarise(by_patient, unit="patient"),
+        "checkpoint": loaded.checkpoint,
+        "folder": out,
+    }
     out.mkdir(parents=True, exist_ok=True)
     write_case_table(rows, out / "cases.csv")
+    write_patient_table(by_patient, out / "patients.csv")
+    stages = loaded.method.stages()
     header = {
         "run": str(run_dir),
         "method": config.method_name,
         "dataset": config.data.dataset,
-        "labeled": config.data.labeled,
+        "labeled": len(chosen.labeled_patients),
+        "split rule": chosen.rule,
         "split": split,
         "cases": len(cases),
+        "patients": len(patients(cases)),
         "checkpoint": loaded.checkpoint,
         "seed": config.seed,
-        "iterations": config.train.iterations,
+        "iterations": sum(stage.iterations for stage in stages),
+        "stages": " + ".join(f"{stage.name} {stage.iterations}" for stage in stages),
         "lcc": config.eval.lcc,
     }
     write_summary(summary, out / "summary.md", out / "summary.csv", header)

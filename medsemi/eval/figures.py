@@ -35,6 +35,7 @@ PALETTE = np.array(
 )
 FILL_ALPHA = 0.45
 MIN_PANEL_SIZE = 192
+TEXT_SIZE = 12
 
 
 def _save_png(path: Path, draw: Any) -> None:
@@ -125,13 +126,36 @@ def heat(values: np.ndarray, vmax: float = 1.0) -> np.ndarray:
     return (matplotlib.colormaps["magma"](np.clip(values / vmax, 0, 1))[..., :3] * 255).astype(np.uint8)
 
 
-def _panels(panels: list[np.ndarray]) -> np.ndarray:
-    """Side by side with a white gutter, enlarged (nearest) so that small images stay readable."""
+def class_colours(class_names: Sequence[str]) -> list[tuple[str, tuple[float, float, float]]]:
+    """(name, RGB in [0, 1]) of each foreground class as `overlay` paints it: what a legend lists."""
+    return [(name, tuple(PALETTE[k % len(PALETTE)] / 255)) for k, name in enumerate(class_names) if k > 0]
+
+
+def _panels(panels: list[np.ndarray], titles: Sequence[str], class_names: Sequence[str]) -> np.ndarray:
+    """Side by side with a white gutter, enlarged (nearest) so that small images stay readable, a title above
+    each panel and the class legend below."""
+    from PIL import ImageDraw, ImageFont
+
     height = panels[0].shape[0]
     scale = max(1, -(-MIN_PANEL_SIZE // max(panels[0].shape[:2])))
     gutter = np.full((height, 2, 3), 255, dtype=np.uint8)
     joined = np.concatenate([part for panel in panels for part in (panel, gutter)][:-1], axis=1)
-    return joined.repeat(scale, axis=0).repeat(scale, axis=1)
+    joined = joined.repeat(scale, axis=0).repeat(scale, axis=1)
+    font = ImageFont.load_default(size=TEXT_SIZE)
+    band = TEXT_SIZE + 8
+    canvas = Image.new("RGB", (joined.shape[1], joined.shape[0] + 2 * band), "white")
+    canvas.paste(Image.fromarray(joined), (0, band))
+    draw = ImageDraw.Draw(canvas)
+    for index, title in enumerate(titles):
+        draw.text((index * (panels[0].shape[1] + 2) * scale + 4, 3), title, fill="black", font=font)
+    x = 4
+    for name, colour in class_colours(class_names):
+        swatch = tuple(int(round(255 * c)) for c in colour)
+        top = joined.shape[0] + band + 4
+        draw.rectangle((x, top, x + TEXT_SIZE - 2, top + TEXT_SIZE - 2), fill=swatch)
+        draw.text((x + TEXT_SIZE + 2, top - 2), name, fill="black", font=font)
+        x += TEXT_SIZE + 10 + int(draw.textlength(name, font=font))
+    return np.asarray(canvas)
 
 
 def write_slice_overlays(
@@ -141,19 +165,22 @@ def write_slice_overlays(
     stem: str,
     uncertainty: np.ndarray | None = None,
     axis: int = 0,
+    class_names: Sequence[str] = (),
 ) -> list[Path]:
-    """One PNG per slice along spatial `axis`: [image | mask overlay | uncertainty] (the last when given).
+    """One PNG per slice along spatial `axis`: [image | mask overlay | uncertainty] (the last when given),
+    each panel titled, with a legend of the `class_names` colours below.
 
     image (C, *spatial), labels and uncertainty (*spatial); a 2D image gives one `<stem>.png`, a volume
     `<stem>_slice_<k>.png` for every k.
     """
     out_dir = Path(out_dir)
     if labels.ndim == 2:
-        slices = [(f"{stem}.png", image, labels, uncertainty)]
+        slices = [(f"{stem}.png", stem, image, labels, uncertainty)]
     else:
         slices = [
             (
                 f"{stem}_slice_{k:03d}.png",
+                f"{stem}, slice {k}",
                 np.take(image, k, axis=axis + 1),
                 np.take(labels, k, axis=axis),
                 None if uncertainty is None else np.take(uncertainty, k, axis=axis),
@@ -161,11 +188,12 @@ def write_slice_overlays(
             for k in range(labels.shape[axis])
         ]
     written = []
-    for name, plane, mask, certainty in slices:
-        panels = [_window(plane), overlay(plane, mask)]
+    for name, title, plane, mask, certainty in slices:
+        panels, titles = [_window(plane), overlay(plane, mask)], [title, "prediction"]
         if certainty is not None:
             panels.append(heat(certainty))
-        _save_png(out_dir / name, _panels(panels))
+            titles.append("uncertainty (dark 0, bright 1)")
+        _save_png(out_dir / name, _panels(panels, titles, class_names))
         written.append(out_dir / name)
     return written
 
@@ -208,6 +236,7 @@ class ExtremeCases:
     axis: int = 0
     count: int = 2
     slices_per_case: int = 3
+    class_names: Sequence[str] = ()
     kept: dict[str, _Kept] = field(default_factory=dict)
 
     def __call__(self, case: Case, predicted: np.ndarray) -> None:
@@ -233,7 +262,8 @@ class ExtremeCases:
             for position, (case_id, score) in enumerate(ids, start=1):
                 if case_id in self.kept:
                     path = Path(out_dir) / f"{kind}_{position}_{case_id}.png"
-                    _plot_case(self.kept[case_id], f"{kind} {position}: {case_id}, mean {metric} {score:.3f}", path)
+                    title = f"{kind} {position}: {case_id}, mean {metric} {score:.3f}"
+                    _plot_case(self.kept[case_id], title, path, self.class_names)
                     written.append(path)
         return written
 
@@ -253,8 +283,9 @@ def worst_and_best(
     return worst, best
 
 
-def _plot_case(kept: _Kept, title: str, path: Path) -> None:
+def _plot_case(kept: _Kept, title: str, path: Path, class_names: Sequence[str] = ()) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     rows = len(kept.slices)
     figure = Figure(figsize=(7.5, 2.6 * rows + 0.4))
@@ -277,5 +308,9 @@ def _plot_case(kept: _Kept, title: str, path: Path) -> None:
                 f"{name}" + (f" (slice {index})" if column == 0 and len(kept.slices) > 1 else ""), fontsize=8
             )
     figure.suptitle(title, fontsize=10)
-    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.5 / (2.6 * rows + 0.4), hspace=0.2)
+    legend = [Patch(facecolor=colour, label=name) for name, colour in class_colours(class_names)]
+    if legend:
+        figure.legend(handles=legend, loc="lower center", ncol=min(len(legend), 6), fontsize=8, frameon=False)
+    bottom = 0.3 / (2.6 * rows + 0.4) if legend else 0.02
+    figure.subplots_adjust(left=0.02, right=0.98, bottom=bottom, top=1 - 0.5 / (2.6 * rows + 0.4), hspace=0.2)
     _save_png(path, figure)

@@ -156,6 +156,11 @@ def predict_case(
     return sliding_window(net, image, patch_size, stride, batch_size=batch_size)
 
 
+def flip_subsets(dims: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every combination of `dims`, the empty one (no flip) first: the 2 ** len(dims) test-time mirrorings."""
+    return [subset for count in range(len(dims) + 1) for subset in itertools.combinations(dims, count)]
+
+
 def tta_flips(predict_fn: Callable[[Tensor], Tensor], image: Tensor, dims: Sequence[int]) -> Iterator[Tensor]:
     """Probabilities for every combination of flips over `dims` (spatial axes, 0 = first), flipped back.
 
@@ -163,8 +168,7 @@ def tta_flips(predict_fn: Callable[[Tensor], Tensor], image: Tensor, dims: Seque
     test-time-augmented prediction, their spread an uncertainty estimate. Yielded one at a time, so a caller
     that accumulates holds one full-volume probability map besides its sum, not 2 ** len(dims).
     """
-    for count in range(len(dims) + 1):
-        for subset in itertools.combinations(dims, count):
-            axes = [d + 1 for d in subset]
-            probs = predict_fn(image.flip(axes) if axes else image)
-            yield probs.flip(axes) if axes else probs
+    for subset in flip_subsets(dims):
+        axes = [d + 1 for d in subset]
+        probs = predict_fn(image.flip(axes) if axes else image)
+        yield probs.flip(axes) if axes else probs

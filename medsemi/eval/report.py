@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,22 +15,18 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-KEY_COLUMNS = ("case_id", "class")
+from medsemi.engine.checkpoint import atomic_path
+
+KEY_COLUMNS = ("case_id", "patient", "class")
 FLAG_COLUMNS = ("empty_pred", "empty_gt")
+COUNT_COLUMN = "cases"
+"""Per-patient rows: how many cases a patient's means are over (not a metric)."""
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the target folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(Path(path)) as temporary:
+        write(temporary)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -60,8 +54,26 @@ def write_case_table(rows: list[dict[str, Any]], path: Path) -> None:
     _write_text(path, _csv_text(_columns(rows), rows))
 
 
+def write_patient_table(rows: list[dict[str, Any]], path: Path) -> None:
+    """One CSV line per (patient, class): its number of cases and the mean of every metric over them."""
+    _write_text(path, _csv_text(list(dict.fromkeys(key for row in rows for key in row)), rows))
+
+
+def patient_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Case rows (with a `patient`) -> one row per (patient, class), each metric the mean over its cases."""
+    metrics = _metric_names(rows)
+    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["patient"], row["class"]), []).append(row)
+    return [
+        {"patient": patient, "class": name, COUNT_COLUMN: len(group)}
+        | {m: float(np.mean([r[m] for r in group])) for m in metrics}
+        for (patient, name), group in groups.items()
+    ]
+
+
 def _metric_names(rows: list[dict[str, Any]]) -> list[str]:
-    excluded = {*KEY_COLUMNS, *FLAG_COLUMNS}
+    excluded = {*KEY_COLUMNS, *FLAG_COLUMNS, COUNT_COLUMN}
     return [
         name
         for name in _columns(rows)
@@ -70,12 +82,14 @@ def _metric_names(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-class means over cases, their mean over classes, and how often a class was predicted empty.
+def summarise(rows: list[dict[str, Any]], unit: str = "case_id") -> dict[str, Any]:
+    """Per-class means over cases (or over patients, for `patient_rows` and unit "patient"), their mean over
+    classes, and how often a class was predicted empty.
 
     Returns {"per_class": {class: {metric: mean}}, "mean": {metric: mean over classes},
     "std": {class: {metric: sd over cases}}, "empty_pred": {class: count}, "empty_gt": {class: count},
-    "num_cases": n, "classes": [...]}. Every row must carry every metric (no silent NaN dropping).
+    "num_cases": n (distinct `unit` values), "classes": [...]}. Every row must carry every metric (no silent
+    NaN dropping).
     """
     metrics = _metric_names(rows)
     by_class: dict[Any, list[dict[str, Any]]] = {}
@@ -90,7 +104,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "std": spread,
         "empty_pred": {c: sum(bool(r.get("empty_pred")) for r in group) for c, group in by_class.items()},
         "empty_gt": {c: sum(bool(r.get("empty_gt")) for r in group) for c, group in by_class.items()},
-        "num_cases": len({row["case_id"] for row in rows}),
+        "num_cases": len({row[unit] for row in rows}),
         "classes": list(by_class),
     }
 
@@ -117,19 +131,39 @@ def write_summary(
     header = dict(header or {})
     rows = _summary_rows(summary)
     columns = ["class", *summary["mean"], "empty_pred"]
+    units = (
+        "hd95/asd in voxels, *_mm in millimetres"
+        if any(name.endswith("_mm") for name in summary["mean"])
+        else "hd95/asd in pixels/voxels; no *_mm columns: the spacing is unknown (declare it, dataset-format.md)"
+    )
     lines = ["# Evaluation summary", ""]
     lines += [f"- {key}: {value}" for key, value in header.items()]
     lines += [
         f"- cases: {summary['num_cases']}; metrics averaged per class over cases, then over classes",
         "- dice/jaccard/hd95/asd: papers' convention (empty prediction scores 0); *_strict: empty prediction",
-        "  scores dice 0 and hd95/asd = image diagonal; hd95/asd in voxels, *_mm in millimetres",
+        f"  scores dice 0 and hd95/asd = image diagonal; {units}",
         "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
+        *_table(columns, rows),
     ]
-    lines += ["| " + " | ".join(_format(row.get(col, "")) for col in columns) + " |" for row in rows]
+    per_patient = summary.get("per_patient")
+    if per_patient is not None:
+        lines += ["", "## Per patient", ""]
+        if per_patient["num_cases"] == summary["num_cases"]:
+            lines.append("- one case per patient: the per-patient means are the per-case ones above")
+        else:
+            lines += [
+                f"- patients: {per_patient['num_cases']}; each patient's value is the mean over its cases "
+                "(patients.csv), then averaged per class over patients, then over classes",
+                "",
+                *_table(["class", *per_patient["mean"]], _summary_rows(per_patient)),
+            ]
     _write_text(path_md, "\n".join(lines) + "\n")
     _write_text(path_csv, _csv_text([*header, *columns], [{**header, **row} for row in rows]))
+
+
+def _table(columns: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(_format(row.get(col, "")) for col in columns) + " |" for row in rows]
 
 
 def plot_case_dice(rows: list[dict[str, Any]], path: Path, metric: str = "dice") -> None:

@@ -1,12 +1,12 @@
 """Where a prediction should not be trusted: entropy of the mean softmax over test-time flips and members.
 
 For every network of `Method.ensemble_members()` (student and EMA teacher, the branches of a multi-branch
-method, or the predictor alone) and every combination of flips over the in-plane axes (nnU-Net-style
-mirroring, `tta_flips`), the case is predicted as the protocol prescribes (`predict_probabilities`) and the
-softmax outputs are averaged. The map is the entropy of that mean divided by log K, in [0, 1]: 0 where every
-member and flip is certain of the same class, 1 where the mean is uniform. Disagreement between members or
-flips raises it even when each of them alone is confident (the entropy of a mean is at least the mean of
-the entropies).
+method, or the predictor alone) and every combination of flips over the axes the training recipe mirrored
+(`flip_axes`; nnU-Net-style mirroring, `tta_flips`), the case is predicted as the protocol prescribes
+(`predict_probabilities`) and the softmax outputs are averaged. The map is the entropy of that mean divided by
+log K, in [0, 1]: 0 where every member and flip is certain of the same class, 1 where the mean is uniform.
+Disagreement between members or flips raises it even when each of them alone is confident (the entropy of a
+mean is at least the mean of the entropies).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from medsemi.config import Config
+from medsemi.data.augment import recipe
 from medsemi.data.cases import DatasetInfo
 from medsemi.data.io import NIFTI_ENDINGS, has_ending
 from medsemi.eval.evaluate import predict_probabilities
@@ -29,10 +30,12 @@ from medsemi.eval.inference import tta_flips
 from medsemi.losses import entropy_map
 
 
-def flip_axes(info: DatasetInfo, image: np.ndarray) -> tuple[int, ...]:
-    """Spatial axes to mirror: in-plane ones for a 2D network (not a volume's slice axis), all in 3D."""
-    spatial = image.ndim - 1
-    return tuple(range(spatial - info.spatial_dims, spatial))
+def flip_axes(info: DatasetInfo, image: np.ndarray, config: Config) -> tuple[int, ...]:
+    """Spatial axes of a (C, *spatial) image to mirror: those the training recipe mirrored (a flipped image
+    the network never saw tells nothing about the upright one: an OCT scan upside down), in the network's
+    axes (never across the slices of a volume a 2D network reads slice by slice)."""
+    offset = image.ndim - 1 - info.spatial_dims
+    return tuple(offset + axis for axis in recipe(config.data.augment, info.spatial_dims).mirrored_axes())
 
 
 @torch.no_grad()
@@ -47,7 +50,7 @@ def mean_probabilities(
 ) -> Tensor:
     """(K, *spatial) mean softmax over `members` x flips of one (C, *spatial) image, on `device`."""
     tensor = torch.from_numpy(np.ascontiguousarray(image))
-    axes = flip_axes(info, image) if flips else ()
+    axes = flip_axes(info, image, config) if flips else ()
     total: Tensor | None = None
     count = 0
     for net in members:

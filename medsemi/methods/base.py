@@ -63,10 +63,15 @@ class MethodContext:
 
 @dataclass
 class Stage:
-    """A training phase with its own iteration count, optimizer and LR schedule (e.g. BCP pre-training)."""
+    """A training phase with its own iteration count, optimizer and LR schedule (e.g. BCP pre-training).
+
+    inherit_optimizer: start from the optimizer state saved with the previous stage's best checkpoint (BCP's
+    ACDC script restores the SGD momentum with the pre-trained weights) instead of a fresh optimizer.
+    """
 
     name: str
     iterations: int
+    inherit_optimizer: bool = False
 
 
 @dataclass

@@ -167,7 +167,7 @@ def test_rgb_png_folder(tmp_path: Path, channel_names: dict[str, str]) -> None:
     assert case.image.shape == (3, 20, 30) and case.image.dtype == np.float32
     np.testing.assert_allclose(case.image, np.moveaxis(pixels, -1, 0) / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(case.label, mask)
-    assert case.affine is None and case.spacing == (1.0, 1.0)
+    assert case.affine is None and case.spacing is None  # a PNG stores no pixel size; dataset.json may declare one
     back = write_prediction(case, 1 - mask, tmp_path / "pred.png")
     np.testing.assert_array_equal(np.asarray(Image.open(back)), 1 - mask)
     assert load_image(root / "imagesTr" / "img1_0000.png").image.shape == (3, 20, 30)

@@ -39,14 +39,22 @@ def test_slice_overlays_colour_the_mask_and_show_the_uncertainty(tmp_path: Path)
     image = np.random.default_rng(0).uniform(0.4, 0.6, size=(1, 3, 20, 24)).astype(np.float32)
     labels = np.zeros((3, 20, 24), dtype=np.uint8)
     labels[1, 5:15, 6:18] = 2
-    written = write_slice_overlays(image, labels, tmp_path / "o", "case", np.full(labels.shape, 0.5), axis=0)
+    names = ["background", "RV", "Myo"]
+    written = write_slice_overlays(
+        image, labels, tmp_path / "o", "case", np.full(labels.shape, 0.5), axis=0, class_names=names
+    )
     assert [p.name for p in written] == [f"case_slice_{k:03d}.png" for k in range(3)]
     panel = np.asarray(Image.open(written[1]))
-    scale = panel.shape[0] // 20
-    assert panel.shape[1] == scale * (3 * 24 + 2 * 2)  # image | overlay | uncertainty, 2-pixel gutters
-    inside = panel[10 * scale, (26 + 12) * scale].astype(float)  # centre of the class-2 box, overlay panel
-    outside = panel[2 * scale, (26 + 2) * scale].astype(float)
+    scale = panel.shape[1] // (3 * 24 + 2 * 2)  # image | overlay | uncertainty, 2-pixel gutters
+    band = (panel.shape[0] - 20 * scale) // 2  # titles above, the class legend below
+    assert panel.shape[1] == scale * (3 * 24 + 2 * 2) and band > 0
+    inside = panel[band + 10 * scale, (26 + 12) * scale].astype(float)  # centre of the class-2 box, overlay panel
+    outside = panel[band + 2 * scale, (26 + 2) * scale].astype(float)
     assert np.argmax(inside) == np.argmax(PALETTE[2]) and np.ptp(outside) == 0  # coloured vs grey
+    title, legend = panel[:band], panel[band + 20 * scale :]
+    assert (title.min(-1) < 100).any()  # dark text on white
+    for k in (1, 2):  # a swatch of each class colour
+        assert (np.abs(legend.astype(float) - PALETTE[k]).sum(-1) < 1).any()
     assert len(write_slice_overlays(image[:, 0], labels[0], tmp_path / "flat", "image")) == 1
 
 

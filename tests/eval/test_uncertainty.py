@@ -68,7 +68,7 @@ def test_disagreeing_members_are_uncertain_and_agreeing_ones_are_not() -> None:
 def test_test_time_flips_expose_an_orientation_dependent_network() -> None:
     volume = np.zeros((1, 3, 16, 16), dtype=np.float32)
     device = torch.device("cpu")
-    assert flip_axes(INFO, volume) == (1, 2)  # in-plane only: never across the slices of a 2D network
+    assert flip_axes(INFO, volume, CONFIG) == (1, 2)  # in-plane only: never across the slices of a 2D network
     plain = uncertainty_map([LeftRight()], volume, INFO, CONFIG, device, flips=False)
     flipped = uncertainty_map([LeftRight()], volume, INFO, CONFIG, device)
     assert plain[:, :, [0, -1]].max() < 1e-6  # confident at both edges without flips
@@ -104,8 +104,8 @@ def test_predict_writes_mask_and_uncertainty_in_the_input_grid_and_overlays(run_
 
     out = tmp_path / "out"
     assert main(["predict", str(run_dir), str(path), "-o", str(out), "--overlay"]) == 0
-    mask = nib.load(out / "scan_0000.nii.gz")
-    entropy = nib.load(out / "scan_0000_uncertainty.nii.gz")
+    mask = nib.load(out / "scan.nii.gz")  # named like the case: no nnU-Net channel suffix
+    entropy = nib.load(out / "scan_uncertainty.nii.gz")
     for written in (mask, entropy):
         assert written.shape == source.shape
         np.testing.assert_allclose(written.affine, affine)
@@ -119,10 +119,36 @@ def test_predict_writes_mask_and_uncertainty_in_the_input_grid_and_overlays(run_
     np.testing.assert_allclose(values, np.moveaxis(expected, 0, -1), atol=1e-6)
     labels = predict_labels(loaded.method.predictor(), volume[None], loaded.info, loaded.config, loaded.device)
     np.testing.assert_array_equal(np.asarray(mask.dataobj), np.moveaxis(labels, 0, -1))
-    overlays = sorted((out / "scan_0000_overlay").iterdir())
-    assert [p.name for p in overlays] == [f"scan_0000_slice_{k:03d}.png" for k in range(volume.shape[0])]
+    overlays = sorted((out / "scan_overlay").iterdir())
+    assert [p.name for p in overlays] == [f"scan_slice_{k:03d}.png" for k in range(volume.shape[0])]
     with Image.open(overlays[0]) as picture:
-        assert picture.mode == "RGB" and picture.width > 3 * picture.height  # image | mask | uncertainty
+        assert picture.mode == "RGB" and picture.width > 2.5 * picture.height  # image | mask | uncertainty
 
     assert main(["predict", str(run_dir), str(path), "-o", str(tmp_path / "bare"), "--no-uncertainty"]) == 0
-    assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == ["scan_0000.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == ["scan.nii.gz"]
+
+
+def test_test_time_flips_follow_the_training_recipe() -> None:
+    """A recipe without vertical flips (OCT, X-ray: a known up) gets no vertical-flip TTA; `none` gets none."""
+    volume = np.zeros((1, 3, 16, 16), dtype=np.float32)
+    upright = load_config(None, ["data.patch_size=[16,16]", "data.augment={flip: [1], rotate: 10}"])
+    assert flip_axes(INFO, volume, upright) == (2,)  # columns only: left-right
+    assert flip_axes(INFO, volume[:, 0], upright) == (1,)
+    dihedral = load_config(None, ["data.patch_size=[16,16]", "data.augment={rot90: true, flip: [1]}"])
+    assert flip_axes(INFO, volume, dihedral) == (1, 2)  # rot90 x a flip: both mirrors were seen
+    assert flip_axes(INFO, volume, load_config(None, ["data.patch_size=[16,16]", "data.augment=none"])) == ()
+    three = DatasetInfo("toy", ["background", "object"], spatial_dims=3, in_channels=1)
+    la = load_config(None, ["data.patch_size=[16,16,8]", "data.augment=la"])
+    assert flip_axes(three, volume, la) == (0, 1)  # rot90 and flips in (X, Y): never along Z
+    plain = uncertainty_map([LeftRight()], volume, INFO, upright, torch.device("cpu"))
+    assert plain[:, :, [0, -1]].min() > 0.999  # the left-right flip still contradicts it
+
+
+def test_predict_never_writes_into_a_dataset_label_folder(run_dir: Path, tmp_path: Path) -> None:
+    labels = tmp_path / "Dataset" / "labelsTs"
+    labels.mkdir(parents=True)
+    (labels.parent / "dataset.json").write_text("{}")
+    scan = tmp_path / "case_0000.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 1), np.float32), np.eye(4)), scan)
+    assert main(["predict", str(run_dir), str(scan), "-o", str(labels)]) == 2
+    assert list(labels.iterdir()) == []

@@ -1,0 +1,45 @@
+"""What medsemi writes into a run folder, so that a command can tell its own run from anyone else's files.
+
+A run folder holds nothing but
+- files: config.yaml, log.csv, learning_curves.png, bench.json, bench.log (the bench's), and hidden
+  `.<name>.<random>.tmp` leftovers of a write that was killed;
+- checkpoints/: `*.pt` files and such leftovers;
+- eval/: one folder per evaluation, `<split>_<checkpoint>` or `<split>_<checkpoint>_first<N>`;
+- tensorboard/: TensorBoard's `events.out.tfevents.*` files.
+Anything else (another name, a symbolic link, a folder where a file belongs) is foreign: `train --overwrite`
+deletes a folder only when nothing in it is foreign, and `train --resume` continues only such a folder.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+LEFTOVER = r"\..+\.tmp"
+FILES = ("config.yaml", "log.csv", "learning_curves.png", "bench.json", "bench.log")
+FOLDERS = {
+    "checkpoints": rf"[^.].*\.pt|{LEFTOVER}",
+    "eval": r"(val|test)_(best|last)(_first\d+)?",
+    "tensorboard": r"events\.out\.tfevents\..+",
+}
+
+
+def evaluation_dir(run_dir: Path, split: str, checkpoint: str, limit: int | None = None) -> Path:
+    """Where `evaluate` writes: eval/<split>_<checkpoint>, or eval/<split>_<checkpoint>_first<N> for an
+    evaluation of only the first N cases, so that it never replaces the tables of the whole split."""
+    suffix = "" if limit is None else f"_first{limit}"
+    return Path(run_dir) / "eval" / f"{split}_{checkpoint}{suffix}"
+
+
+def foreign_entries(run_dir: Path) -> list[Path]:
+    """Everything in `run_dir` that medsemi does not write into a run folder (nothing, for a run or an empty
+    folder)."""
+    foreign = []
+    for entry in sorted(Path(run_dir).iterdir()):
+        if entry.is_symlink():
+            foreign.append(entry)
+        elif entry.name in FOLDERS and entry.is_dir():
+            foreign += [child for child in sorted(entry.iterdir()) if not re.fullmatch(FOLDERS[entry.name], child.name)]
+        elif not (entry.is_file() and (entry.name in FILES or re.fullmatch(LEFTOVER, entry.name))):
+            foreign.append(entry)
+    return foreign
