@@ -10,6 +10,7 @@ examples:
       --out runs/bench/quick                      # re-run the same line to resume an interrupted bench
   medsemi bench --protocol paper --methods bcp --budgets 3 --seeds 1 --out runs/bench/paper train.amp=true
   medsemi bench --protocol quick --methods supervised,bcp --cost   # projected minutes per run, no training
+  medsemi bench --protocol quick_la --methods supervised,bcp --budgets 4 --seeds 1,2,3
   medsemi bench --throughput --device cuda --batch 24 --amp --channels-last
 """
 
@@ -32,7 +33,7 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         default=None,
-        help="bench: config folder configs/<dataset> (acdc, la; default acdc); "
+        help="bench: config folder configs/<dataset> (acdc, la; default the protocol's first dataset); "
         "throughput: acdc or synthetic2d (default acdc when --root exists)",
     )
 
@@ -59,7 +60,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     add_shared_arguments(parser)
     grid = parser.add_argument_group("leaderboard (methods x budgets x seeds)")
-    grid.add_argument("--protocol", default="quick", choices=["quick", "paper"])
+    from medsemi.bench.protocols import PROTOCOLS  # configuration only, no torch
+
+    grid.add_argument("--protocol", default="quick", choices=sorted(PROTOCOLS))
     grid.add_argument("--budgets", type=_csv_ints, default=[3, 7], help="labeled patients, e.g. 3,7")
     grid.add_argument("--seeds", type=_csv_ints, default=[1, 2, 3], help="e.g. 1,2,3")
     grid.add_argument("--config-dir", default=None, help="where <method>.yaml lives (default configs/<dataset>)")
@@ -74,3 +77,19 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--timed-steps", type=int, default=10, help="--cost: timed steps per stage (default 10)")
     parser.add_argument("--throughput", action="store_true", help="measure data-path throughput instead")
     add_throughput_arguments(parser)
+
+
+def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
+    """benchmarks/gpu.sh: the throughput options (always with autocast + channels-last, on CUDA unless told),
+    then the time budget of the BCP run; defaults of the budget live in medsemi.bench.gpu.GpuCheck."""
+    add_shared_arguments(parser)
+    add_throughput_arguments(parser)
+    parser.set_defaults(device="cuda", amp=True, channels_last=True)
+    group = parser.add_argument_group("BCP, ACDC paper protocol, for the time left")
+    group.add_argument("--budget-s", type=float, default=None, help="wall-clock seconds for the whole check (540)")
+    group.add_argument(
+        "--reserve-s", type=float, default=None, help="seconds kept for BCP's start-up and test evaluation (75)"
+    )
+    group.add_argument("--max-iterations", type=int, default=None, help="cap on BCP's self-training iterations")
+    group.add_argument("--test-limit", type=int, default=None, help="evaluate only the first N test cases")
+    group.add_argument("overrides", nargs="*", help="key=value overrides for the BCP run")

@@ -2,9 +2,17 @@
 
 Inputs are what each run folder already holds (eval/test_<rule>/summary.csv from `evaluate_run`, log.csv
 from the trainer, bench.json from the worker), so a leaderboard can be rebuilt from folders alone.
-Outputs in the bench folder: leaderboard.md (Dice, Jaccard, HD95, ASD per class and mean), leaderboard.csv
-(tidy: every metric, including the strict and millimetre variants), runs.csv (cost and validation of each
-run), dice_vs_budget.png and learning_curves.png.
+Outputs in the bench folder: leaderboard.md (Dice, Jaccard, HD95, ASD per class and mean, and the verdicts
+against `supervised`), leaderboard.csv (tidy: every metric, including the strict and millimetre variants,
+median/min/max over seeds), seeds.csv (tidy, one value per run: protocol, method, labeled, checkpoint, seed,
+class, metric, value; with, per seed, the mean Dice minus `supervised`'s on the same seed as metric
+`dice_minus_supervised`), verdicts.csv (per method, budget and rule: the paired seeds, median/min/max of those
+differences, the verdict), runs.csv (cost and validation of each run), dice_vs_budget.png and
+learning_curves.png.
+
+Verdicts are paired by seed (same budget and rule): a run and the `supervised` run of its seed share the seed's
+labeled batches (order and augmentation), so with a few seeds the per-seed differences can say "better on every
+seed", which two medians over seeds with overlapping ranges cannot.
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ DISPLAY_METRICS = {"dice": "Dice", "jaccard": "Jaccard", "hd95": "HD95", "asd": 
 PERCENT = ("dice", "jaccard")
 RULE_TITLES = {"best": "best-on-val", "last": "last iterate"}
 MEAN = "mean"
+BASELINE = "supervised"
+"""Every other method is paired with it, seed by seed, on the mean Dice."""
+PAIRED_METRIC = f"dice_minus_{BASELINE}"
 
 
 @dataclass
@@ -151,15 +162,109 @@ def aggregate(results: Iterable[RunResult], protocol: str) -> list[dict[str, Any
     return rows
 
 
-def format_cell(row: dict[str, Any] | None) -> str:
-    """A leaderboard row's median in display units, with [min, max] over seeds when there are several."""
+def paired_differences(results: Iterable[RunResult]) -> dict[tuple[str, int, str], dict[int, float]]:
+    """Per (method, budget, rule) other than the baseline: {seed: its mean Dice minus the baseline's on the
+    same seed, budget and rule}, over the seeds both have (empty when the baseline has none of them)."""
+    dice = {
+        (r.run.method, r.run.budget, rule, r.run.seed): summary[MEAN]["dice"]
+        for r in results
+        for rule, summary in r.summaries.items()
+        if "dice" in summary.get(MEAN, {})
+    }
+    differences: dict[tuple[str, int, str], dict[int, float]] = {}
+    for (method, budget, rule, seed), value in dice.items():
+        if method == BASELINE:
+            continue
+        paired = differences.setdefault((method, budget, rule), {})
+        baseline = dice.get((BASELINE, budget, rule, seed))
+        if baseline is not None:
+            paired[seed] = value - baseline
+    return differences
+
+
+def verdict(differences: Sequence[float]) -> str:
+    """'better/worse on every seed' only when every paired seed agrees; one seed is named as such."""
+    if not differences:
+        return "no baseline"
+    signs = {float(np.sign(d)) for d in differences}
+    if len(signs) > 1:
+        return "mixed"
+    word = {1.0: "better", -1.0: "worse"}.get(signs.pop(), "tied")
+    return f"{word} (1 seed)" if len(differences) == 1 else f"{word} on every seed"
+
+
+def verdict_rows(differences: dict[tuple[str, int, str], dict[int, float]], protocol: str) -> list[dict[str, Any]]:
+    """One row per (method, budget, rule): the spread of the paired differences (None without a baseline),
+    in the columns `format_cell` reads, and the verdict."""
+    rows = []
+    for (method, budget, rule), by_seed in differences.items():
+        seeds = sorted(by_seed)
+        values = [by_seed[seed] for seed in seeds]
+        rows.append(
+            {
+                "protocol": protocol,
+                "method": method,
+                "labeled": budget,
+                "checkpoint": rule,
+                "baseline": BASELINE,
+                "metric": "dice",
+                **(_spread(values) if values else dict.fromkeys(("median", "min", "max"))),
+                "n_seeds": len(values),
+                "seeds": " ".join(map(str, seeds)),
+                "verdict": verdict(values),
+            }
+        )
+    return rows
+
+
+def seed_rows(
+    results: Iterable[RunResult], differences: dict[tuple[str, int, str], dict[int, float]], protocol: str
+) -> list[dict[str, Any]]:
+    """Tidy per-run values: every (rule, class, metric) of every run, then every paired difference."""
+    rows = [
+        {
+            "protocol": protocol,
+            "method": r.run.method,
+            "labeled": r.run.budget,
+            "checkpoint": rule,
+            "seed": r.run.seed,
+            "class": name,
+            "metric": metric,
+            "value": value,
+        }
+        for r in results
+        for rule, summary in r.summaries.items()
+        for name, metrics in summary.items()
+        for metric, value in metrics.items()
+    ]
+    rows += [
+        {
+            "protocol": protocol,
+            "method": method,
+            "labeled": budget,
+            "checkpoint": rule,
+            "seed": seed,
+            "class": MEAN,
+            "metric": PAIRED_METRIC,
+            "value": value,
+        }
+        for (method, budget, rule), by_seed in differences.items()
+        for seed, value in sorted(by_seed.items())
+    ]
+    return rows
+
+
+def format_cell(row: dict[str, Any] | None, signed: bool = False) -> str:
+    """A leaderboard row's median in display units, with [min, max] over seeds when there are several;
+    `signed` writes the sign of positive values too (differences)."""
     if row is None:
         return "-"
     scale, digits = (100.0, 1) if row["metric"] in PERCENT else (1.0, 2)
-    median = f"{row['median'] * scale:.{digits}f}"
+    form = f"{'+' if signed else ''}.{digits}f"
+    median = f"{row['median'] * scale:{form}}"
     if row["n_seeds"] == 1:
         return median
-    return f"{median} [{row['min'] * scale:.{digits}f}, {row['max'] * scale:.{digits}f}]"
+    return f"{median} [{row['min'] * scale:{form}}, {row['max'] * scale:{form}}]"
 
 
 def markdown_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
@@ -171,9 +276,32 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _markdown(spec: BenchSpec, results: list[RunResult], rows: list[dict[str, Any]], failed: dict[Path, str]) -> str:
+def _paired_table(
+    groups: list[tuple[str, int]], rule: str, verdicts: dict[tuple[str, int, str], dict[str, Any]]
+) -> list[str]:
+    header = ["method", "labeled", "paired seeds", "n", f"Dice - {BASELINE} (points)", "verdict"]
+    body = []
+    for method, budget in groups:
+        row = verdicts.get((method, budget, rule))
+        if row is None:
+            continue
+        cells = [row["seeds"].replace(" ", ", ") or "-", str(row["n_seeds"])]
+        body.append(
+            [method, str(budget), *cells, format_cell(row if row["n_seeds"] else None, signed=True), row["verdict"]]
+        )
+    return markdown_table(header, body)
+
+
+def _markdown(
+    spec: BenchSpec,
+    results: list[RunResult],
+    rows: list[dict[str, Any]],
+    verdicts: list[dict[str, Any]],
+    failed: dict[Path, str],
+) -> str:
     seeds = ", ".join(str(s) for s in spec.seeds)
     index = {(r["method"], r["labeled"], r["checkpoint"], r["class"], r["metric"]): r for r in rows}
+    paired = {(r["method"], r["labeled"], r["checkpoint"]): r for r in verdicts}
     iterations = sorted({r.iterations for r in results if r.status == "complete"})
     lines = [
         f"# Leaderboard: protocol `{spec.protocol.name}` on {spec.dataset}",
@@ -220,6 +348,15 @@ def _markdown(spec: BenchSpec, results: list[RunResult], rows: list[dict[str, An
                 ]
             )
         lines += ["Mean over classes:", "", *markdown_table(header, body), ""]
+        if any(method != BASELINE for method, _ in groups):
+            lines += [
+                f"Paired with `{BASELINE}` ({title}, protocol `{spec.protocol.name}`, seeds {seeds}): per seed, the "
+                f"method's mean Dice minus `{BASELINE}`'s on the same seed; median [min, max] over the seeds both "
+                "have, in Dice points:",
+                "",
+                *_paired_table(groups, rule, paired),
+                "",
+            ]
         lines += [f"Per class ({title}, protocol `{spec.protocol.name}`, seeds {seeds}):", ""]
         per_class = [
             [
@@ -279,7 +416,7 @@ def _markdown(spec: BenchSpec, results: list[RunResult], rows: list[dict[str, An
     return "\n".join(lines) + "\n"
 
 
-def _csv(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+def csv_text(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
@@ -300,6 +437,21 @@ LEADERBOARD_COLUMNS = (
     "n_seeds",
     "seeds",
     "test_cases",
+)
+SEED_COLUMNS = ("protocol", "method", "labeled", "checkpoint", "seed", "class", "metric", "value")
+VERDICT_COLUMNS = (
+    "protocol",
+    "method",
+    "labeled",
+    "checkpoint",
+    "baseline",
+    "metric",
+    "median",
+    "min",
+    "max",
+    "n_seeds",
+    "seeds",
+    "verdict",
 )
 RUN_COLUMNS = (
     "protocol",
@@ -345,10 +497,14 @@ def write_leaderboard(spec: BenchSpec, runs: list[RunSpec], failed: dict[Path, s
     out = Path(spec.out)
     results = [collect(run, spec.test_limit, failed) for run in runs]
     rows = aggregate(results, spec.protocol.name)
+    differences = paired_differences(results)
+    verdicts = verdict_rows(differences, spec.protocol.name)
     files = {
-        "leaderboard.md": _markdown(spec, results, rows, failed),
-        "leaderboard.csv": _csv(rows, LEADERBOARD_COLUMNS),
-        "runs.csv": _csv(_run_rows(results, spec.protocol.name), RUN_COLUMNS),
+        "leaderboard.md": _markdown(spec, results, rows, verdicts, failed),
+        "leaderboard.csv": csv_text(rows, LEADERBOARD_COLUMNS),
+        "seeds.csv": csv_text(seed_rows(results, differences, spec.protocol.name), SEED_COLUMNS),
+        "verdicts.csv": csv_text(verdicts, VERDICT_COLUMNS),
+        "runs.csv": csv_text(_run_rows(results, spec.protocol.name), RUN_COLUMNS),
     }
     for name, text in files.items():
         atomic_write_text(out / name, text)

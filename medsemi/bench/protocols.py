@@ -49,9 +49,9 @@ QUICK = Protocol(
         "iterations (method schedules scaled by 1000 / 30000), validation every 100 iterations on the first "
         "10 val volumes, test on all 40 test volumes at 128x128; the transformers at their smallest width "
         "(SwinUNETR feature size 12 instead of 48 in cross_teaching and semivit, DeiT-Ti instead of DeiT-S in "
-        "semiformer), cross_teaching and caml channels-last, caml's correlation queries at the same share of "
-        "a batch's unlabeled pixels as in its ACDC config (1067 of 4x128x128 per class, 12800 of 12x256x256), "
-        "so that one run takes about 10 minutes"
+        "semiformer), bfloat16 autocast and channels-last for every method, caml's correlation queries at the "
+        "same share of a batch's unlabeled pixels as in its ACDC config (1067 of 4x128x128 per class, 12800 of "
+        "12x256x256), so that one run takes about 10 minutes"
     ),
     datasets=("acdc",),
     overrides=(
@@ -61,18 +61,20 @@ QUICK = Protocol(
         "train.val_every=100",
         "train.val_limit=10",
         "train.checkpoint_every=100",
+        "train.amp=true",
+        "train.channels_last=true",
     ),
     iterations=1000,
     method_overrides={
-        "cross_teaching": ("method.transformer_options={feature_size: 12}", "train.channels_last=true"),
+        "cross_teaching": ("method.transformer_options={feature_size: 12}",),
         "semivit": ("net.options={feature_size: 12}",),
         "semiformer": ("net.options={embed_dim: 192, num_heads: 3}",),
-        "caml": ("train.channels_last=true", "method.queries_per_class=1067"),
+        "caml": ("method.queries_per_class=1067",),
     },
 )
 """Sized by timing every method alone on 2 cores (`medsemi bench --cost`, then full runs; docs/benchmarks.md): the
-networks that would take 12-17 minutes shrink to their smallest standard width; channels-last (same maths,
-faster convolutions on CPU) only where it is needed to stay near 10 minutes, so finished runs stay valid.
+networks that would take 12-17 minutes shrink to their smallest standard width; bfloat16 autocast and
+channels-last (faster convolutions on this CPU, issue 16) apply to every method alike.
 CAML's `queries_per_class` counts pixels of the unlabeled batch, which `quick` makes 12x smaller."""
 
 PAPER = Protocol(
@@ -85,7 +87,38 @@ PAPER = Protocol(
     datasets=("acdc", "la"),
 )
 
-PROTOCOLS: dict[str, Protocol] = {protocol.name: protocol for protocol in (QUICK, PAPER)}
+QUICK_LA = Protocol(
+    name="quick_la",
+    description=(
+        "LA sized for 2 CPU cores: random 80x80x48 crops instead of 112x112x80, batch 2 labeled + 2 unlabeled, "
+        "1000 iterations (method schedules and BCP's LR steps scaled by 1000 / 15000), bfloat16 autocast, "
+        "validation every 200 iterations on the first 4 of the 8 val scans, test on all 20 test scans by the "
+        "configs' sliding window at the crop size with stride 40x40x24 (half the crop); CAML's correlation "
+        "queries at the same share of a batch's unlabeled voxels as in its LA config (3918 of 2x80x80x48 per "
+        "class, 12800 of 2x112x112x80)"
+    ),
+    datasets=("la",),
+    overrides=(
+        "data.patch_size=[80, 80, 48]",
+        "data.batch_labeled=2",
+        "data.batch_unlabeled=2",
+        "train.val_every=200",
+        "train.val_limit=4",
+        "train.checkpoint_every=200",
+        "train.amp=true",
+        "eval.stride=[40, 40, 24]",
+    ),
+    iterations=1000,
+    method_overrides={"caml": ("method.queries_per_class=3918",)},
+)
+"""Sized with `medsemi bench --cost` on 2 busy cores (docs/benchmarks.md): a V-Net step costs about its crop's
+voxels (`supervised`, 1 thread: 0.91 s at 80x80x48, 2.07 s at 96x96x64; 80x80x48 is 38 % of the paper's crop and
+still 5x5x3 at the bottleneck), and bfloat16 autocast halves a V-Net step again; channels-last is left out, the
+code applies it to 2D networks only. The paper's stride (18x18x4) at this crop would be 440 windows per LA scan,
+8x the paper's 54 at 112x112x80; half the crop overlaps every voxel about twice per axis in 36 windows (one scan
+22 s). The test is the scans' full extent as in the paper, only the window grid differs."""
+
+PROTOCOLS: dict[str, Protocol] = {protocol.name: protocol for protocol in (QUICK, QUICK_LA, PAPER)}
 
 
 def get_protocol(name: str) -> Protocol:
@@ -110,9 +143,16 @@ def method_option_values(config: Config) -> dict[str, Any]:
     return {**defaults, **config.method_options}
 
 
+def _scaled(value: int | float, factor: float) -> int | float:
+    """Integers are rounded, and an enabled length keeps at least 1 iteration."""
+    if isinstance(value, int):
+        return max(round(value * factor), 1) if value > 0 else value
+    return value * factor
+
+
 def scaled_options(config: Config, iterations: int) -> list[str]:
-    """`method.<name>=<value>` overrides that shrink (or stretch) iteration-measured options by
-    iterations / config.train.iterations; integers are rounded (an enabled stage keeps >= 1 iteration)."""
+    """Overrides that shrink (or stretch) by iterations / config.train.iterations every iteration-measured
+    method option (`method.<name>=<value>`) and the LR step of a step schedule (`optim.step_every`)."""
     factor = iterations / config.train.iterations
     if factor == 1:
         return []
@@ -121,10 +161,9 @@ def scaled_options(config: Config, iterations: int) -> list[str]:
     for name, value in sorted(values.items()):
         if not is_iteration_option(name, values) or isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        if isinstance(value, int):
-            scaled: int | float = max(round(value * factor), 1) if value > 0 else value
-        else:
-            scaled = value * factor
+        scaled = _scaled(value, factor)
         if scaled != value:
             overrides.append(f"method.{name}={scaled!r}")
+    if config.optim.schedule == "step":
+        overrides.append(f"optim.step_every={_scaled(config.optim.step_every, factor)!r}")
     return overrides

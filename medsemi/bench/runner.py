@@ -21,7 +21,7 @@ from typing import Any
 
 from medsemi.bench.protocols import Protocol, scaled_options
 from medsemi.bench.worker import execute, is_complete
-from medsemi.config import Config, config_to_dict, load_config, parse_overrides
+from medsemi.config import Config, flat_settings, load_config, parse_overrides
 from medsemi.engine.checkpoint import atomic_write_text
 
 GRID_KEYS = ("seed", "data.labeled", "run.dir", "train.iterations")
@@ -148,19 +148,9 @@ def plan(spec: BenchSpec) -> list[RunSpec]:
     return runs
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _comparable(config: Config) -> dict[str, Any]:
     """The settings that make a result: everything but the folder and the progress bar."""
-    flat = _flat(config_to_dict(config))
+    flat = flat_settings(config)
     return {key: value for key, value in flat.items() if key not in ("run.dir", "train.progress")}
 
 
@@ -241,13 +231,14 @@ def run_from_args(args: Any) -> int:
 
     if not args.methods:
         raise BenchError("--methods is required, e.g. --methods supervised,mean_teacher")
+    protocol = get_protocol(args.protocol)
     spec = BenchSpec(
-        protocol=get_protocol(args.protocol),
+        protocol=protocol,
         methods=tuple(args.methods.split(",")),
         budgets=tuple(args.budgets),
         seeds=tuple(args.seeds),
         out=Path(args.out or f"runs/bench/{args.protocol}"),
-        dataset=args.dataset or "acdc",
+        dataset=args.dataset or protocol.datasets[0],
         config_dir=Path(args.config_dir) if args.config_dir else None,
         iterations=args.iterations,
         overrides=tuple(args.overrides),

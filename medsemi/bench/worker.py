@@ -21,6 +21,7 @@ import torch
 
 from medsemi.config import Config, load_config
 from medsemi.engine.checkpoint import atomic_write_text, load_checkpoint
+from medsemi.engine.run_folder import evaluation_dir
 from medsemi.engine.trainer import resolve_device, train
 from medsemi.eval.evaluate import evaluate_run
 
@@ -46,7 +47,11 @@ def available_rules(run_dir: Path) -> list[str]:
 
 
 def summary_csv(run_dir: Path, rule: str) -> Path:
-    return Path(run_dir) / "eval" / f"{TEST_SPLIT}_{rule}" / "summary.csv"
+    """The test summary of a checkpoint rule: the folder its bench evaluation wrote (a `--test-limit` one is
+    kept apart from the full split's), eval/test_<rule> when the record names none."""
+    folder = read_record(run_dir)["evaluations"].get(rule, {}).get("folder")
+    default = evaluation_dir(run_dir, TEST_SPLIT, rule)
+    return (Path(run_dir) / folder if folder else default) / "summary.csv"
 
 
 def pending_evaluations(run_dir: Path, test_limit: int | None) -> list[str]:
@@ -100,8 +105,13 @@ def execute(config: Config, test_limit: int | None = None, *, isolated: bool = T
     record["attempts"].append(attempt)
     for rule in pending_evaluations(run_dir, test_limit):
         start = time.perf_counter()
-        evaluate_run(run_dir, split=TEST_SPLIT, checkpoint=rule, limit=test_limit)
-        record["evaluations"][rule] = {"limit": test_limit, "wall_s": time.perf_counter() - start}
+        summary = evaluate_run(run_dir, split=TEST_SPLIT, checkpoint=rule, limit=test_limit)
+        folder = Path(summary["folder"]).relative_to(run_dir)
+        record["evaluations"][rule] = {
+            "limit": test_limit,
+            "wall_s": time.perf_counter() - start,
+            "folder": str(folder),
+        }
     atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1) + "\n")
     return record
 

@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from medsemi.bench.leaderboard import read_summary
-from medsemi.bench.protocols import PAPER, QUICK, Protocol
+from medsemi.bench.protocols import PAPER, QUICK, QUICK_LA, Protocol
 from medsemi.bench.runner import BenchError, BenchSpec, plan, run_bench
 from medsemi.cli import main
 from medsemi.config import Config, save_config
 from medsemi.methods.supervised import Supervised
 from tests.bench.tiny_protocol import REPO, TINY
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny networks gain nothing from threads; on a shared CPU extra threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _spec(out: Path, methods: tuple[str, ...], seeds: tuple[int, ...], **extra) -> BenchSpec:
@@ -148,6 +139,7 @@ def test_quick_protocol_scales_every_iteration_measured_option() -> None:
     assert bcp["method.pretrain_iterations"] == "1000"  # 10k pre-training for 30k self-training, kept at 1:3
     config = plan(BenchSpec(QUICK, ("bcp",), (3,), (1,), Path("x"), config_dir=REPO / "configs/acdc"))[0].config()
     assert config.train.iterations == 1000 and config.method["pretrain_iterations"] == 333
+    assert "optim.step_every" not in bcp  # a constant LR on ACDC: nothing to scale, the configs stay as they are
 
 
 def test_quick_protocol_narrows_only_the_transformers_and_keeps_their_other_options() -> None:
@@ -169,7 +161,37 @@ def test_quick_protocol_narrows_only_the_transformers_and_keeps_their_other_opti
     assert caml.train.channels_last and caml.net.options["n_filters"] == 16
     assert caml.method["queries_per_class"] == round(12800 * (4 * 128 * 128) / (12 * 256 * 256))
     mean_teacher = config("mean_teacher")
-    assert not mean_teacher.net.options and not mean_teacher.train.channels_last
+    assert not mean_teacher.net.options
+    assert all(config(m).train.amp and config(m).train.channels_last for m in ("mean_teacher", "bcp", "caml"))
+
+
+LA_METHODS = ("supervised", "mean_teacher", "bcp", "scp", "caml")
+"""Every method with a configs/la/ file; the others are 2D only (cross_teaching, cdma, semiformer) or have none."""
+
+
+def test_quick_la_protocol_shrinks_crops_and_schedule_alike_for_every_3d_method() -> None:
+    spec = BenchSpec(QUICK_LA, LA_METHODS, (4,), (1,), Path("x"), dataset="la", config_dir=REPO / "configs/la")
+    configs = {run.method: run.config() for run in plan(spec)}
+    for method, config in configs.items():
+        assert config.data.patch_size == [80, 80, 48] and config.data.labeled == 4, method
+        assert (config.data.batch_labeled, config.data.batch_unlabeled) == (2, 2)
+        assert config.train.iterations == 1000 and config.train.amp and not config.train.channels_last
+        assert (config.train.val_every, config.train.val_limit, config.train.val_split) == (200, 4, "val")
+        assert config.eval.stride == [40, 40, 24] and config.eval.patch_size is None  # windows of the crop
+        assert config.data.options == {"val_from_train": 8}
+    assert configs["bcp"].method["pretrain_iterations"] == round(2000 * 1000 / 15000)
+    assert configs["bcp"].optim.step_every == round(2500 * 1000 / 15000)  # 5 LR steps in the run, as in the paper's
+    assert configs["bcp"].eval.lcc and not configs["caml"].eval.lcc
+    assert configs["mean_teacher"].method["iterations_per_epoch"] == 10  # ramp: 40 epochs of 10 iterations
+    assert configs["caml"].method["queries_per_class"] == round(12800 * (80 * 80 * 48) / (112 * 112 * 80))
+    with pytest.raises(BenchError, match="not 'acdc'"):
+        plan(BenchSpec(QUICK_LA, ("supervised",), (4,), (1,), Path("x")))
+
+
+def test_cli_bench_takes_the_dataset_of_a_one_dataset_protocol(capsys: pytest.CaptureFixture[str]) -> None:
+    """quick_la runs on la without --dataset: the run is refused for the grid key, not for the dataset."""
+    assert main(["bench", "--protocol", "quick_la", "--methods", "supervised", "--budgets", "4", "seed=2"]) == 2
+    assert "set by the bench grid" in capsys.readouterr().err
 
 
 def test_paper_protocol_keeps_the_configs_and_grid_keys_are_the_grids() -> None:
