@@ -28,8 +28,14 @@ AUTO = {
     "dice": {2: "batch_squared_bg_unmasked", 3: "sample_linear"},
     "ema_scope": {2: "state", 3: "parameters"},
     "pretrain_loss": {2: "regions", 3: "whole"},
+    "selftrain_optimizer": {2: "pretrained", 3: "fresh"},
 }
-CHOICES = {"dice": DICE_VARIANTS, "ema_scope": ("state", "parameters"), "pretrain_loss": ("regions", "whole")}
+CHOICES = {
+    "dice": DICE_VARIANTS,
+    "ema_scope": ("state", "parameters"),
+    "pretrain_loss": ("regions", "whole"),
+    "selftrain_optimizer": ("pretrained", "fresh"),
+}
 
 
 @dataclass
@@ -49,6 +55,8 @@ class BCPOptions(MethodOptions):
         "sample_linear" = LA mask_DiceLoss (per sample and class, linear denominators).
     pretrain_loss: "regions" = box and surround as two separately normalised terms of weight 1 (ACDC
         `mix_loss(u_weight=1)`); "whole" = CE + Dice over the whole mixed image (LA).
+    selftrain_optimizer: "pretrained" = self-training continues the SGD state (momentum) saved with the best
+        pre-trained checkpoint (ACDC `load_net_opt`); "fresh" = a new optimizer (LA).
     """
 
     pretrain_iterations: int = 10000
@@ -61,6 +69,7 @@ class BCPOptions(MethodOptions):
     threshold: float = 0.5
     dice: str = "auto"
     pretrain_loss: str = "auto"
+    selftrain_optimizer: str = "auto"
 
 
 def _halves(x: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -95,13 +104,15 @@ class BCP(StudentTeacherMethod):
         self.dice_variant: str = resolved["dice"]
         self.ema_buffers = resolved["ema_scope"] == "state"
         self.pretrain_regions = resolved["pretrain_loss"] == "regions"
+        self.inherit_optimizer = resolved["selftrain_optimizer"] == "pretrained"
         self.num_classes = context.info.num_classes
         # Part of the state_dict, so a run resumed inside self-training knows where it is.
         self.register_buffer("selftraining", torch.tensor(False))
 
     def stages(self) -> list[Stage]:
         pretrain = [Stage("pretrain", self.options.pretrain_iterations)] if self.options.pretrain_iterations else []
-        return [*pretrain, Stage("selftrain", self.context.iterations)]
+        inherit = self.inherit_optimizer and bool(pretrain)
+        return [*pretrain, Stage("selftrain", self.context.iterations, inherit_optimizer=inherit)]
 
     def start_stage(self, stage: Stage, previous_best: dict[str, Tensor] | None) -> None:
         """Self-training starts student and teacher from the best pre-trained student (the method's state)."""

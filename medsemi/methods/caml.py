@@ -22,7 +22,13 @@ from medsemi.nets.caml import CAMLNet
 
 @dataclass
 class CAMLOptions(MethodOptions):
-    """Defaults: the official LA 8-scan run (`LA_CAML_8_..._rampup_20.0_...`)."""
+    """Defaults: the official LA 8-scan run (`LA_CAML_8_..._rampup_20.0_...`).
+
+    supervised_loss: "foreground_dice" = the official loss (Dice of the foreground channel of a 2-way softmax);
+    "dice" = Dice over every class, background included; "auto" = foreground_dice for two classes and dice for
+    more, where a foreground-only Dice leaves background unsupervised (docs/methods/caml.md); "ce_dice" =
+    0.5 (CE + Dice), the SSL4MIS loss.
+    """
 
     supervised_weight: float = 0.5
     consistency: float = 1.0
@@ -36,7 +42,7 @@ class CAMLOptions(MethodOptions):
     correlation_temperature: float = 0.1
     normalize_embeddings: bool = False  # official: raw dot products
     detach_targets: bool = False  # official: gradients flow into both sides of L_c and L_o
-    supervised_loss: Literal["dice", "ce_dice"] = "dice"  # official: foreground Dice only (binary LA)
+    supervised_loss: Literal["auto", "dice", "foreground_dice", "ce_dice"] = "auto"
 
 
 class FeatureMemory(nn.Module):
@@ -107,10 +113,14 @@ class FeatureMemory(nn.Module):
 
 
 def sharpen(probs: Tensor, temperature: float) -> Tensor:
-    """MC-Net sharpening, element-wise per channel: p^(1/T) / (p^(1/T) + (1 - p)^(1/T))."""
-    power = 1.0 / temperature
-    high, low = probs**power, (1.0 - probs) ** power
-    return high / (high + low)
+    """Temperature sharpening over classes: p_c^(1/T) / sum_k p_k^(1/T).
+
+    For two classes this is MC-Net's per-channel p^(1/T) / (p^(1/T) + (1 - p)^(1/T)) exactly; for C > 2 the
+    per-channel form would push every class below 0.5 towards 0 and leave rows summing to less than 1.
+    Computed in log space in float32, so p^(1/T) cannot underflow to 0/0.
+    """
+    logits = torch.log(probs.float().clamp_min(1e-12)) / temperature
+    return logits.softmax(1).to(probs.dtype)
 
 
 def correlation_consistency(query_v: Tensor, query_a: Tensor, keys: Tensor, temperature: float, detach: bool) -> Tensor:
@@ -165,10 +175,17 @@ class CAML(Method):
         probs = [logits.softmax(1) for logits, _ in outputs]
         features = [feature for _, feature in outputs]
 
-        if o.supervised_loss == "dice":
+        loss = o.supervised_loss
+        if loss == "auto":
+            loss = "foreground_dice" if probs[0].shape[1] == 2 else "dice"
+        if loss in ("dice", "foreground_dice"):
             supervised = sum(
                 soft_dice_loss(
-                    p[:n_labeled], batch.label_l, smooth=1e-8, squared_denominator=False, include_background=False
+                    p[:n_labeled],
+                    batch.label_l,
+                    smooth=1e-8,
+                    squared_denominator=False,
+                    include_background=loss == "dice",
                 )
                 for p in probs
             )

@@ -2,6 +2,8 @@
 
 Built from the UA-MT V-Net of `medsemi.nets.vnet` (`CAML3d_v1` of the official code); `spatial_dims=2` gives
 the same network with every 3D layer swapped for its 2D counterpart (the official code is 3D only).
+`backbone="unet"` (2D only) builds the pair from the SSL4MIS U-Net instead, as MC-Net, the code CAML is built
+on, does for ACDC: f_v up-samples with transposed convolutions, f_a bilinearly, CMA on f_a's stride-8 level.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medsemi.nets.registry import register_net
+from medsemi.nets.unet import UNet2D
+from medsemi.nets.unet_bilinear import BilinearUNet2D
 from medsemi.nets.vnet import VNet3D
 
 _TO_2D: dict[type[nn.Module], type[nn.Module]] = {
@@ -100,6 +104,8 @@ class CAMLNet(nn.Module):
     interpolation up-sampling), each with a projection and a prediction head on its last decoder features.
 
     `forward` is the vanilla sub-network, the one used for inference. Heads are indexed 0 = f_v, 1 = f_a.
+    `backbone="unet"`: the same pair from the SSL4MIS U-Net (widths n_filters x 1..16, its encoder dropout;
+    `dropout` is the V-Net's). The 2D V-Net learns ACDC too slowly for a short schedule (docs/methods/caml.md).
     """
 
     def __init__(
@@ -112,24 +118,36 @@ class CAMLNet(nn.Module):
         feat_dim: int = 32,
         attention_heads: int = 4,
         attention_dropout: float = 0.5,
+        backbone: str = "vnet",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"caml: spatial_dims must be 2 or 3, got {spatial_dims}")
+        if backbone not in ("vnet", "unet") or (backbone == "unet" and spatial_dims != 2):
+            raise ValueError(f"caml: backbone must be vnet, or unet in 2D; got {backbone!r} in {spatial_dims}D")
         f = n_filters
         self.feat_dim = feat_dim
-        self.vanilla = VNet3D(in_channels, num_classes, n_filters, dropout)
-        self.auxiliary = VNet3D(in_channels, num_classes, n_filters, dropout)
         cma = CrossSampleMutualAttention(8 * f, attention_heads, attention_dropout)
-        self.auxiliary.encoder.stages[3] = nn.Sequential(self.auxiliary.encoder.stages[3], cma)
-        self.auxiliary.decoder.ups = nn.ModuleList(interpolation_up(c, c // 2) for c in (16 * f, 8 * f, 4 * f, 2 * f))
+        self.vanilla: nn.Module
+        self.auxiliary: nn.Module
+        if backbone == "unet":
+            widths = (f, 2 * f, 4 * f, 8 * f, 16 * f)
+            self.vanilla = UNet2D(in_channels, num_classes, widths)
+            self.auxiliary = BilinearUNet2D(in_channels, num_classes, widths)
+            self.auxiliary.encoder.blocks[3] = nn.Sequential(self.auxiliary.encoder.blocks[3], cma)
+        else:
+            self.vanilla = VNet3D(in_channels, num_classes, n_filters, dropout)
+            self.auxiliary = VNet3D(in_channels, num_classes, n_filters, dropout)
+            self.auxiliary.encoder.stages[3] = nn.Sequential(self.auxiliary.encoder.stages[3], cma)
+            ups = (interpolation_up(c, c // 2) for c in (16 * f, 8 * f, 4 * f, 2 * f))
+            self.auxiliary.decoder.ups = nn.ModuleList(ups)
         self.projection_heads = nn.ModuleList([embedding_head(f, feat_dim), embedding_head(f, feat_dim)])
         self.prediction_heads = nn.ModuleList([embedding_head(feat_dim, feat_dim), embedding_head(feat_dim, feat_dim)])
-        if spatial_dims == 2:
+        if spatial_dims == 2 and backbone == "vnet":
             as_2d(self)
 
     @property
-    def branches(self) -> tuple[VNet3D, VNet3D]:
+    def branches(self) -> tuple[nn.Module, nn.Module]:
         return self.vanilla, self.auxiliary
 
     def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:

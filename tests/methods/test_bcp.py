@@ -340,6 +340,28 @@ def test_unet_bilinear_is_the_official_unet_2d() -> None:
     assert net.eval()(torch.randn(1, 1, 48, 64)).shape == (1, classes, 48, 64)
 
 
+def _synthetic_config(run_dir: Path, *overrides: str) -> Any:
+    """configs/acdc/bcp.yaml on the synthetic phantom with a tiny U-Net: 2 pre-training iterations, no validation."""
+    return load_config(
+        REPO / "configs/acdc/bcp.yaml",
+        [
+            "data.dataset=synthetic2d",
+            "data.root=null",
+            "data.labeled=2",
+            "data.options={size: [32, 32], depth: 4}",
+            "data.patch_size=[32,32]",
+            "data.batch_labeled=4",
+            "data.batch_unlabeled=4",
+            "net.options={widths: [4, 8, 16, 32, 64]}",
+            "method.pretrain_iterations=2",
+            "train.val_split=none",
+            "train.progress=false",
+            f"run.dir={run_dir}",
+            *overrides,
+        ],
+    )
+
+
 def test_a_run_killed_inside_selftraining_resumes_to_the_same_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -348,25 +370,7 @@ def test_a_run_killed_inside_selftraining_resumes_to_the_same_weights(
     from medsemi.engine.trainer import train
 
     def config(run_dir: Path) -> Any:
-        return load_config(
-            REPO / "configs/acdc/bcp.yaml",
-            [
-                "data.dataset=synthetic2d",
-                "data.root=null",
-                "data.labeled=2",
-                "data.options={size: [32, 32], depth: 4}",
-                "data.patch_size=[32,32]",
-                "data.batch_labeled=4",
-                "data.batch_unlabeled=4",
-                "net.options={widths: [4, 8, 16, 32, 64]}",
-                "method.pretrain_iterations=2",
-                "train.iterations=4",
-                "train.checkpoint_every=1",
-                "train.val_split=none",
-                "train.progress=false",
-                f"run.dir={run_dir}",
-            ],
-        )
+        return _synthetic_config(run_dir, "train.iterations=4", "train.checkpoint_every=1")
 
     reference = load_checkpoint(train(config(tmp_path / "reference")) / "checkpoints" / "last.pt")
     original = BCP.training_step
@@ -387,6 +391,36 @@ def test_a_run_killed_inside_selftraining_resumes_to_the_same_weights(
     assert resumed["state"]["finished"] and resumed["state"]["global_step"] == 6
     for key, value in reference["method"].items():
         torch.testing.assert_close(resumed["method"][key], value, msg=key)
+
+
+@pytest.mark.parametrize(("choice", "inherited"), [("pretrained", True), ("fresh", False)])
+def test_selftraining_continues_the_pretrained_sgd_state_as_the_acdc_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, choice: str, inherited: bool
+) -> None:
+    """ACDC's `load_net_opt` restores the pre-training optimizer with its weights; LA builds a fresh SGD."""
+    from medsemi.engine import trainer
+    from medsemi.engine.checkpoint import load_checkpoint
+
+    assert _bcp(2, 4).inherit_optimizer and not _bcp(3, 2).inherit_optimizer
+    started: list[list[dict[str, Any]]] = []
+    original = trainer.OptimisationStep.__init__
+
+    def record(self: Any, method: Any, optimizers: Any, *args: Any, **kwargs: Any) -> None:
+        started.append([copy.deepcopy(o.state_dict()["state"]) for o in optimizers])
+        original(self, method, optimizers, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.OptimisationStep, "__init__", record)
+    config = _synthetic_config(tmp_path / "run", f"method.selftrain_optimizer={choice}", "train.iterations=1")
+    run_dir = trainer.train(config)
+    pretrained = load_checkpoint(run_dir / "checkpoints" / "last_pretrain.pt")["optimizers"]["student"]["state"]
+    assert started[0] == [{}] and len(started) == 2
+    selftrain_start = started[1][0]
+    if inherited:
+        assert selftrain_start.keys() == pretrained.keys() and len(pretrained) > 0
+        for key, value in pretrained.items():
+            torch.testing.assert_close(selftrain_start[key]["momentum_buffer"], value["momentum_buffer"])
+    else:
+        assert selftrain_start == {}
 
 
 @pytest.mark.real_data

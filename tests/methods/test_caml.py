@@ -109,11 +109,17 @@ def test_correlation_consistency_equals_the_formula() -> None:
     assert value.item() == pytest.approx(expected / 2, rel=1e-6)
 
 
-def test_sharpen_is_the_mcnet_formula() -> None:
-    p = torch.tensor([0.5, 0.6, 0.9])
+def test_sharpen_is_the_mcnet_formula_for_two_classes_and_a_distribution_for_more() -> None:
+    p = torch.tensor([0.5, 0.6, 0.9]).view(1, 3, 1)
+    binary = torch.cat([p, 1 - p]).transpose(0, 1)  # (3 samples, 2 classes, 1 pixel)
     expected = p**10 / (p**10 + (1 - p) ** 10)
-    assert torch.allclose(sharpen(p, 0.1), expected)
-    assert sharpen(p, 0.1)[0] == 0.5 and sharpen(p, 0.1)[1] > 0.98
+    torch.testing.assert_close(sharpen(binary, 0.1)[:, 0], expected.view(3, 1))
+    four = torch.tensor([0.4, 0.3, 0.2, 0.1]).view(1, 4, 1)
+    sharp = sharpen(four, 0.1)
+    torch.testing.assert_close(sharp.sum(1), torch.ones(1, 1))
+    # The per-channel MC-Net form sends every class below 0.5 to ~0: no target for this pixel at all.
+    assert (four**10 / (four**10 + (1 - four) ** 10)).sum() < 0.02
+    assert sharp[0, 0, 0] > 0.9 and sharp.argmax(1).item() == 0
 
 
 def _grad_norms(method: CAML, loss: torch.Tensor) -> list[float]:
@@ -142,23 +148,23 @@ def test_consistency_and_correlation_reach_both_sub_networks_unless_detached(
     assert (auxiliary == 0) if detach else (auxiliary > 0)
 
 
-def test_supervised_loss_is_foreground_dice_by_default_and_ce_dice_on_request(
+def test_supervised_loss_is_dice_over_all_classes_when_multiclass_and_ce_dice_on_request(
     make_batch: Callable[..., Batch],
 ) -> None:
     batch = make_batch(SHAPE_2D)
     images, n = torch.cat([batch.image_l, batch.image_u]), batch.image_l.shape[0]
-    for choice in ("dice", "ce_dice"):
+    for choice in ("auto", "dice", "foreground_dice", "ce_dice"):
         method = _method(supervised_loss=choice)
         torch.manual_seed(1)
         outputs = [branch(images, return_features=True) for branch in method.net.branches]
-        if choice == "dice":
+        if choice != "ce_dice":
             expected = sum(
                 soft_dice_loss(
                     logits[:n].softmax(1),
                     batch.label_l,
                     smooth=1e-8,
                     squared_denominator=False,
-                    include_background=False,
+                    include_background=choice != "foreground_dice",  # the test batch has 3 classes
                 )
                 for logits, _ in outputs
             )

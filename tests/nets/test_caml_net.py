@@ -83,3 +83,20 @@ def test_eval_predictions_do_not_depend_on_the_rest_of_the_batch() -> None:
     with torch.no_grad():
         alone, together = net.auxiliary(x[:1]), net.auxiliary(x)[:1]
     assert torch.allclose(alone, together, atol=1e-5)
+
+
+def test_unet_backbone_is_the_mcnet_2d_pair_with_cma_on_the_auxiliary_stride_8_level() -> None:
+    from medsemi.nets.unet import UpBlock
+    from medsemi.nets.unet_bilinear import BilinearUpBlock
+
+    net = create_net("caml", in_channels=1, num_classes=4, spatial_dims=2, n_filters=4, backbone="unet")
+    assert all(isinstance(up, UpBlock) for up in net.vanilla.decoder.ups)
+    assert all(isinstance(up, BilinearUpBlock) for up in net.auxiliary.decoder.ups)
+    cma = [m for m in net.auxiliary.encoder.blocks[3].modules() if isinstance(m, CrossSampleMutualAttention)]
+    assert len(cma) == 1 and not any(isinstance(m, CrossSampleMutualAttention) for m in net.vanilla.modules())
+    x = torch.randn(3, 1, 32, 32)
+    for branch in net.branches:
+        logits, features = branch(x, return_features=True)
+        assert logits.shape == (3, 4, 32, 32) and features.shape == (3, 4, 32, 32)
+    with pytest.raises(ValueError, match="backbone"):
+        create_net("caml", in_channels=1, num_classes=2, spatial_dims=3, backbone="unet")
