@@ -67,6 +67,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--seeds", type=_csv_ints, default=[1, 2, 3], help="e.g. 1,2,3")
     grid.add_argument("--config-dir", default=None, help="where <method>.yaml lives (default configs/<dataset>)")
     grid.add_argument("--test-limit", type=int, default=None, help="evaluate only the first N test cases")
+    grid.add_argument(
+        "--report-only", action="store_true", help="write the leaderboard of the finished runs; train nothing"
+    )
     grid.add_argument("--in-process", action="store_true", help="train in this process (no per-run peak host memory)")
     grid.add_argument("overrides", nargs="*", help="key=value overrides for every run, after the protocol's")
     grid.add_argument(

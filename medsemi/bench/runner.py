@@ -188,8 +188,11 @@ def _train_in_process(run: RunSpec, test_limit: int | None) -> None:
         raise
 
 
-def run_bench(spec: BenchSpec, *, isolate: bool = True, report: Callable[[str], None] = print) -> BenchOutcome:
-    """Train/evaluate what is missing, then write the leaderboard (tables, CSVs, plots) into spec.out."""
+def run_bench(
+    spec: BenchSpec, *, isolate: bool = True, train: bool = True, report: Callable[[str], None] = print
+) -> BenchOutcome:
+    """Train/evaluate what is missing (nothing with `train=False`: the tables of the finished runs, the others
+    listed as incomplete), then write the leaderboard (tables, CSVs, plots) into spec.out."""
     from medsemi.bench.leaderboard import write_leaderboard
 
     runs = plan(spec)
@@ -202,6 +205,9 @@ def run_bench(spec: BenchSpec, *, isolate: bool = True, report: Callable[[str], 
         if is_complete(run.run_dir, spec.test_limit):
             outcome.reused.append(run.run_dir)
             report(f"{name}: complete, reused ({run.run_dir})")
+            continue
+        if not train:
+            report(f"{name}: not finished, left out (--report-only)")
             continue
         run.run_dir.mkdir(parents=True, exist_ok=True)
         report(f"{name}: running in {run.run_dir}")
@@ -253,7 +259,7 @@ def run_from_args(args: Any) -> int:
         for path in write_costs(spec, costs, args.timed_steps, args.warmup):
             print(f"written: {path}")
         return 0
-    outcome = run_bench(spec, isolate=not args.in_process)
+    outcome = run_bench(spec, isolate=not args.in_process, train=not args.report_only)
     print(f"trained {len(outcome.trained)}, reused {len(outcome.reused)}, failed {len(outcome.failed)}")
     for path in outcome.files:
         print(f"written: {path}")

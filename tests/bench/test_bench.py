@@ -70,6 +70,12 @@ def test_tiny_bench_writes_leaderboard_csv_plots_and_reuses_finished_runs(tmp_pa
     assert not second.trained and len(second.reused) == 4
     assert _mtimes(spec.out) == stamps
 
+    wider = _spec(tmp_path / "bench", ("supervised", "mean_teacher"), (1, 2, 3))
+    report_only = run_bench(wider, isolate=False, train=False, report=lambda _: None)
+    assert not report_only.trained and len(report_only.reused) == 4 and _mtimes(spec.out) == stamps
+    statuses = {(r["method"], r["seed"]): r["status"] for r in _rows(spec.out / "runs.csv")}
+    assert statuses[("supervised", "3")] == "incomplete" and statuses[("supervised", "1")] == "complete"
+
 
 def test_failed_run_is_reported_and_resumed_from_its_last_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
