@@ -144,7 +144,9 @@ def kill_at_first_checkpoint() -> Callable[[list[str], Path, float], None]:
     once `checkpoint` exists (or after `timeout` seconds, or when it has ended) and waits for it."""
 
     def kill(command: list[str], checkpoint: Path, timeout: float) -> None:
-        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # The same thread count as this process, so that its weights can be compared with in-process runs.
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         deadline = time.time() + timeout
         while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
             time.sleep(0.05)

@@ -10,7 +10,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 import medsemi.suggest as suggest_module
 from medsemi.cli import main
@@ -33,9 +32,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_greedy_selection_skips_a_near_duplicate_of_an_earlier_pick() -> None:

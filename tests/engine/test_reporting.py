@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from medsemi.config import load_config
 from medsemi.data.cases import Case
@@ -30,9 +29,7 @@ RUN = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_train_prints_its_split_once_and_a_line_per_validation(
