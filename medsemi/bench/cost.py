@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from medsemi.bench.leaderboard import markdown_table
-from medsemi.bench.runner import BenchSpec, RunSpec, plan
+from medsemi.bench.grid import BenchSpec, RunSpec, plan
 from medsemi.bench.throughput import describe_device, time_steps
 from medsemi.config import load_config
 from medsemi.engine.checkpoint import atomic_write_text
 from medsemi.engine.step import OptimisationStep
 from medsemi.engine.trainer import Trainer, build_optimizer
+from medsemi.tables import markdown_table
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def measure_run(run: RunSpec, steps: int, warmup: int) -> MethodCost:
                 float(total.detach())  # the trainer's one host sync per step
                 optimisation.update(total, middle)
 
-            elapsed, _ = time_steps(step, warmup, steps, device)
+            elapsed = time_steps(step, warmup, steps, device)
             stages.append(StageCost(stage.name, stage.iterations, elapsed / steps))
         validation_s, validations = 0.0, 0
         if trainer.val_cases:

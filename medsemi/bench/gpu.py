@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medsemi.bench.leaderboard import MEAN, RULE_TITLES, RunResult, collect, csv_text, markdown_table
+from medsemi.bench.grid import BenchSpec, plan
+from medsemi.bench.leaderboard import MEAN, RULE_TITLES, RunResult, collect, csv_text
 from medsemi.bench.protocols import PAPER
-from medsemi.bench.runner import BenchSpec, plan, run_bench
+from medsemi.bench.runner import run_bench
 from medsemi.bench.throughput import REFERENCE, ThroughputSpec, run_throughput, write_report
 from medsemi.config import load_config
 from medsemi.engine.checkpoint import atomic_write_text
+from medsemi.tables import markdown_table
 
 METHOD = "bcp"
 BUDGET = 3

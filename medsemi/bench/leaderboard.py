@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from medsemi.bench.runner import BenchSpec, RunSpec
+from medsemi.bench.grid import BenchSpec, RunSpec
 from medsemi.bench.worker import RULES, is_complete, read_record, summary_csv
 from medsemi.engine.checkpoint import atomic_write_text
+from medsemi.tables import markdown_table
 
 DISPLAY_METRICS = {"dice": "Dice", "jaccard": "Jaccard", "hd95": "HD95", "asd": "ASD"}
 """The papers' columns (empty prediction scores 0, HD95/ASD in voxels); the CSV carries every variant."""
@@ -265,11 +266,6 @@ def format_cell(row: dict[str, Any] | None, signed: bool = False) -> str:
     if row["n_seeds"] == 1:
         return median
     return f"{median} [{row['min'] * scale:{form}}, {row['max'] * scale:{form}}]"
-
-
-def markdown_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(cells) + " |" for cells in body]
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:

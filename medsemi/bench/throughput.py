@@ -10,9 +10,9 @@ Both paths feed the same method code, freshly built with the same seed for every
 cases (ACDC when its folder exists, else the synthetic phantom). Each measurement runs `warmup` iterations
 (DataLoader workers start there), then times `iterations` optimisation steps; the speed of a path is
 iterations per second and every claim is its ratio to the reference path measured in the same process.
-Peak memory: torch.cuda.max_memory_allocated on a GPU; on the CPU the process's resident set size sampled
-after every timed step (DataLoader workers are other processes and not included; the allocator keeps memory
-of earlier measurements, so CPU figures are indicative only).
+Peak memory (medsemi.bench.memory): torch.cuda.max_memory_allocated of the timed steps on a GPU; on the CPU the
+process's peak resident set size, which includes the earlier measurements of the same process (and not the
+DataLoader workers, other processes), so CPU figures are indicative only.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from medsemi.bench.memory import peak_memory, reset_peak_memory
 from medsemi.config import Config, load_config
 from medsemi.data.augment import reference_acdc_sample
 from medsemi.data.cases import Case
@@ -38,10 +39,12 @@ from medsemi.data.registry import create_dataset
 from medsemi.data.splits import Split, make_split
 from medsemi.data.stream import BatchStream
 from medsemi.engine.checkpoint import atomic_write_text
+from medsemi.engine.device import resolve_device
 from medsemi.engine.step import OptimisationStep
-from medsemi.engine.trainer import build_optimizer, resolve_device, seed_everything
+from medsemi.engine.trainer import build_optimizer, seed_everything
 from medsemi.methods import Batch, Method, MethodContext, create_method
 from medsemi.methods.base import NetSpec
+from medsemi.tables import markdown_table
 
 REFERENCE, FAST = "reference", "fast"
 DEFAULT_METHODS = ("supervised", "mean_teacher", "bcp")
@@ -176,32 +179,23 @@ def _fast_batches(
         step += 1
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def time_steps(step: Callable[[], None], warmup: int, iterations: int, device: torch.device) -> tuple[float, float]:
-    """Seconds for `iterations` calls of `step` after `warmup` untimed ones, and the peak host RSS (MiB)
-    sampled after every timed step (on a GPU the caller reads torch.cuda's peak, reset here)."""
+def time_steps(step: Callable[[], None], warmup: int, iterations: int, device: torch.device) -> float:
+    """Seconds for `iterations` calls of `step` after `warmup` untimed ones (the CUDA peak memory is reset
+    after the warm-up, so it is the timed steps')."""
     for _ in range(warmup):
         step()
     _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    peak_rss = _rss_mb()
+    reset_peak_memory(device)
     start = time.perf_counter()
     for _ in range(iterations):
         step()
-        if device.type != "cuda":
-            peak_rss = max(peak_rss, _rss_mb())
     _sync(device)
-    return time.perf_counter() - start, peak_rss
+    return time.perf_counter() - start
 
 
 def method_config(spec: ThroughputSpec, name: str) -> Config:
@@ -244,16 +238,16 @@ def measure(
         optimisation.update(sum(optimisation.losses(next(batches), middle).values()), middle)
 
     try:
-        elapsed, peak_rss = time_steps(step, spec.warmup, spec.iterations, device)
+        elapsed = time_steps(step, spec.warmup, spec.iterations, device)
     finally:
         batches.close()  # stops the DataLoader's workers
-    on_cuda = device.type == "cuda"
+    memory = peak_memory(device)
     return {
         "method": name,
         "variant": variant,
         "iterations_per_s": spec.iterations / elapsed,
-        "peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if on_cuda else peak_rss,
-        "memory": "cuda_max_allocated" if on_cuda else "host_rss_sampled",
+        "peak_mb": memory.host_rss_mb if memory.cuda_mb is None else memory.cuda_mb,
+        "memory": "host_peak_rss" if memory.cuda_mb is None else "cuda_max_allocated",
     }
 
 
@@ -345,13 +339,16 @@ def markdown(report: dict[str, Any]) -> str:
         *(f"{v} / reference" for v in variants[1:]),
         *(f"{v} peak MiB" for v in variants),
     ]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name in dict.fromkeys(r["method"] for r in report["results"]):
-        cells = [name]
-        cells += [f"{speed[(name, v)]['iterations_per_s']:.2f}" for v in variants]
-        cells += [f"{ratio[(name, v)]:.2f}x" for v in variants[1:]]
-        cells += [f"{speed[(name, v)]['peak_mb']:.0f}" for v in variants]
-        lines.append("| " + " | ".join(cells) + " |")
+    body = [
+        [
+            name,
+            *(f"{speed[(name, v)]['iterations_per_s']:.2f}" for v in variants),
+            *(f"{ratio[(name, v)]:.2f}x" for v in variants[1:]),
+            *(f"{speed[(name, v)]['peak_mb']:.0f}" for v in variants),
+        ]
+        for name in dict.fromkeys(r["method"] for r in report["results"])
+    ]
+    lines += markdown_table(header, body)
     if report["skipped_methods"]:
         lines += ["", f"Not registered, skipped: {', '.join(report['skipped_methods'])}"]
     return "\n".join(lines) + "\n"

@@ -1,8 +1,8 @@
 """One bench run: train (or resume) a run folder, evaluate its checkpoints on the test split, record the cost.
 
 Run as `python -m medsemi.bench.worker CONFIG [key=value ...] [--test-limit N]` it is a fresh process that
-does nothing else, so its peak resident set size (`getrusage(RUSAGE_SELF).ru_maxrss`, read right after
-training) is the training's host memory; on a GPU `torch.cuda.max_memory_allocated` is recorded as well.
+does nothing else, so its peak resident set size (medsemi.bench.memory, read right after training) is the
+training's host memory; on a GPU the peak CUDA memory is recorded as well.
 Everything lands in <run>/bench.json, appended per attempt, so a resumed run keeps the cost of its first part.
 """
 
@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from medsemi.bench.memory import peak_memory, reset_peak_memory
 from medsemi.config import Config, load_config
 from medsemi.engine.checkpoint import atomic_write_text, load_checkpoint
+from medsemi.engine.device import resolve_device
 from medsemi.engine.run_folder import evaluation_dir
-from medsemi.engine.trainer import resolve_device, train
+from medsemi.engine.trainer import train
 from medsemi.eval.evaluate import evaluate_run
 
 RULES = ("best", "last")
@@ -75,10 +74,6 @@ def _global_step(run_dir: Path) -> int:
     return int(load_checkpoint(last)["state"]["global_step"]) if last.exists() else 0
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 def execute(config: Config, test_limit: int | None = None, *, isolated: bool = True) -> dict[str, Any]:
     """Train/resume `config` to the end, evaluate pending checkpoint rules, append the costs to bench.json.
 
@@ -86,19 +81,18 @@ def execute(config: Config, test_limit: int | None = None, *, isolated: bool = T
     """
     run_dir = Path(config.run.dir)
     device = resolve_device(config.train.device)
-    on_cuda = device.type == "cuda"
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     before = _global_step(run_dir)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
     train(config, resume=True)
+    memory = peak_memory(device)
     attempt = {
         "started": started,
         "steps": _global_step(run_dir) - before,
         "train_wall_s": time.perf_counter() - start,
-        "peak_rss_mb": _peak_rss_mb() if isolated else None,
-        "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if on_cuda else None,
+        "peak_rss_mb": memory.host_rss_mb if isolated else None,
+        "peak_cuda_mb": memory.cuda_mb,
         "device": str(device),
     }
     record = read_record(run_dir)

@@ -1,7 +1,7 @@
 """What medsemi writes into a run folder, so that a command can tell its own run from anyone else's files.
 
 A run folder holds nothing but
-- files: config.yaml, log.csv, learning_curves.png, bench.json, bench.log (the bench's), and hidden
+- files: config.yaml, log.jsonl, log.csv, learning_curves.png, bench.json, bench.log (the bench's), and hidden
   `.<name>.<random>.tmp` leftovers of a write that was killed;
 - checkpoints/: `*.pt` files and such leftovers;
 - eval/: one folder per evaluation, `<split>_<checkpoint>` or `<split>_<checkpoint>_first<N>`;
@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 LEFTOVER = r"\..+\.tmp"
-FILES = ("config.yaml", "log.csv", "learning_curves.png", "bench.json", "bench.log")
+FILES = ("config.yaml", "log.jsonl", "log.csv", "learning_curves.png", "bench.json", "bench.log")
 FOLDERS = {
     "checkpoints": rf"[^.].*\.pt|{LEFTOVER}",
     "eval": r"(val|test)_(best|last)(_first\d+)?",

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from medsemi.config import Config, check_resume, save_config
 from medsemi.data.cases import DataError
@@ -22,15 +23,17 @@ from medsemi.data.stream import BatchStream
 from medsemi.engine import distributed
 from medsemi.engine.checkpoint import (
     CheckpointError,
-    atomic_write_text,
     load_checkpoint,
     load_weights,
     non_finite,
     save_checkpoint,
 )
+from medsemi.engine.device import resolve_device
 from medsemi.engine.run_folder import foreign_entries
 from medsemi.engine.step import OptimisationStep
+from medsemi.engine.training_log import TrainingLog
 from medsemi.eval.evaluate import evaluate_cases, mean_dice
+from medsemi.eval.figures import plot_learning_curves
 from medsemi.methods import Method, MethodContext, create_method
 from medsemi.methods.base import NetSpec, Stage
 from medsemi.progress import progress, say
@@ -42,12 +45,6 @@ class RunExistsError(FileExistsError):
 
 class NonFiniteLossError(FloatingPointError):
     pass
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -118,7 +115,6 @@ class TrainState:
     best_dice: float = -1.0
     best_step: int = -1
     finished: bool = False
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Trainer:
@@ -164,11 +160,13 @@ class Trainer:
         if self.dist.is_main:
             say("\n".join(describe_split(self.split, self._split_notes())))
         self.state = TrainState()
+        self._pending_optimizers: dict[str, Any] | None = None
+        self.log = TrainingLog(self.run_dir, enabled=self.dist.is_main)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         last = self.checkpoint_dir / "last.pt"
         checkpoint = distributed.on_main(self.dist, lambda: load_checkpoint(last) if resume and last.exists() else None)
-        if checkpoint is not None:
-            self._restore(checkpoint)
+        legacy_history = self._restore(checkpoint) if checkpoint is not None else None
+        self.log.continue_from(self.state.global_step, legacy_history)
         if self.dist.is_main:
             save_config(config, self.run_dir / "config.yaml")
         self._plotted_at = 0.0
@@ -201,14 +199,17 @@ class Trainer:
             notes[train.val_split] = f"validation every {train.val_every} iterations on {chosen}{how}"
         return notes
 
-    def _restore(self, checkpoint: dict[str, Any]) -> None:
+    def _restore(self, checkpoint: dict[str, Any]) -> list[dict[str, Any]] | None:
         """Continue from last.pt, only with the settings the run was started with; a run that has already
-        finished is said to be one (nothing more is trained)."""
+        finished is said to be one (nothing more is trained). Returns the log rows of a checkpoint written
+        before the log left it (TrainState.history), else None."""
         last = self.checkpoint_dir / "last.pt"
         distributed.on_main(self.dist, lambda: check_resume(self.config, self.run_dir / "config.yaml"))
         load_weights(self.method, checkpoint["method"], last)
+        state = dict(checkpoint["state"])
+        legacy_history = state.pop("history", None)
         try:
-            self.state = TrainState(**checkpoint["state"])
+            self.state = TrainState(**state)
         except TypeError as error:
             raise CheckpointError(last, f"its training state is not a medsemi run's ({error})") from error
         if self.state.finished and self.dist.is_main:
@@ -226,6 +227,7 @@ class Trainer:
             random.setstate(rng["python"])
         else:  # resumed on another number of processes: fresh, still distinct, seeds
             seed_everything(distributed.rank_seed(self.config.seed + self.state.global_step, self.dist.rank))
+        return legacy_history
 
     def _checkpoint(self, name: str, optimizers: dict[str, torch.optim.Optimizer]) -> None:
         """Collective under torchrun (buffers and random states gathered); only rank 0 writes. Weights or
@@ -266,20 +268,19 @@ class Trainer:
             },
         )
 
-    def _write_log(self, *, final: bool = False) -> None:
-        """log.csv at every checkpoint; learning_curves.png too, at most every PLOT_EVERY_S and at the end."""
+    def _save_last(self, optimizers: dict[str, torch.optim.Optimizer], *, stage_end: bool = False) -> None:
+        """last.pt, after the log rows up to it (a kill in between leaves rows that the resume drops, never a
+        gap); then learning_curves.png at most every PLOT_EVERY_S and at each stage's end, and log.csv once
+        the run has finished."""
+        self.log.flush()
+        self._checkpoint("last.pt", optimizers)
         if not self.dist.is_main:
             return
-        rows = self.state.history
-        columns = sorted({key for row in rows for key in row}, key=_column_order)
-        lines = [",".join(columns)]
-        lines += [",".join(_format(row.get(c, "")) for c in columns) for row in rows]
-        atomic_write_text(self.run_dir / "log.csv", "\n".join(lines) + "\n")
-        if final or time.monotonic() - self._plotted_at > PLOT_EVERY_S:
-            from medsemi.eval.figures import plot_learning_curves
-
-            plot_learning_curves(rows, self.run_dir / "learning_curves.png")
+        if stage_end or time.monotonic() - self._plotted_at > PLOT_EVERY_S:
+            plot_learning_curves(self.log.rows, self.run_dir / "learning_curves.png")
             self._plotted_at = time.monotonic()
+        if self.state.finished:
+            self.log.write_table()
 
     def validate(self) -> float:
         """Mean validation Dice; under torchrun each rank scores its share of the cases, all get the mean."""
@@ -325,96 +326,153 @@ class Trainer:
         return {**checkpoint, "method": state}
 
     def _run_stage(self, index: int, stage: Stage, previous: dict[str, Any] | None) -> None:
-        resuming = index == self.state.stage_index and self.state.step > 0
-        if not resuming:
-            self.method.start_stage(stage, previous["method"] if previous is not None else None)
-            self.state.stage_index, self.state.step = index, 0
-            self.state.best_dice, self.state.best_step = -1.0, -1
+        """The stage's iterations from where the state says; each is the steps below, in this order."""
+        self._enter_stage(index, stage, previous)
         modules = self.method.optimised_modules()
         settings = {name: self.config.optim.settings_for(name) for name in modules}
+        optimizers = self._optimizers(modules, settings, stage, previous)
+        config = self.config.train
+        optimisation = OptimisationStep(
+            self.method, list(optimizers.values()), self.device, amp=config.amp, channels_last=config.channels_last
+        )
+        bar = _progress(stage, self.state.step, config.progress and self.dist.is_main)
+        self.method.train()
+        writer = _tensorboard(self.run_dir) if self.dist.is_main else None
+        while self.state.step < stage.iterations:
+            step = self.state.step
+            _set_learning_rates(optimizers, settings, step, stage.iterations)
+            losses = optimisation.losses(self.stream.batch(self.state.global_step), step)
+            total = sum(losses.values())
+            values, diagnostics = self._synced_values(total, losses)
+            self._check_finite(values, losses, stage, step)
+            optimisation.update(total, step, lambda: distributed.average_gradients(modules.values(), self.dist))
+            self.state.step += 1
+            self.state.global_step += 1
+            row = self._row(stage, optimizers, losses, values, diagnostics)
+            done = self.state.step == stage.iterations
+            if self.val_cases and (self.state.step % config.val_every == 0 or done):
+                row["val_dice"] = self._validate_and_keep_best(index, stage, optimizers)
+            self._log_row(row, writer, bar)
+            if self.state.step % config.checkpoint_every == 0 and not done:
+                self._save_last(optimizers)
+        bar.close()
+        if writer is not None:
+            writer.close()
+        self._finish_stage(index, stage, optimizers)
+
+    def _enter_stage(self, index: int, stage: Stage, previous: dict[str, Any] | None) -> None:
+        """Tell the method which stage it is in: a fresh stage starts (from the previous stage's best state),
+        a stage that a resume lands inside is resumed."""
+        if index == self.state.stage_index and self.state.step > 0:
+            self.method.resume_stage(stage)
+            return
+        self.method.start_stage(stage, previous["method"] if previous is not None else None)
+        self.state.stage_index, self.state.step = index, 0
+        self.state.best_dice, self.state.best_step = -1.0, -1
+
+    def _optimizers(
+        self,
+        modules: dict[str, nn.Module],
+        settings: dict[str, dict[str, Any]],
+        stage: Stage,
+        previous: dict[str, Any] | None,
+    ) -> dict[str, torch.optim.Optimizer]:
+        """Fresh optimizers, with the state of the checkpoint resumed from (mid-stage) or of the previous
+        stage's best checkpoint (`stage.inherit_optimizer`)."""
         optimizers = {name: build_optimizer(module, settings[name]) for name, module in modules.items()}
-        pending = getattr(self, "_pending_optimizers", None)
+        resuming = self.state.step > 0
+        pending = self._pending_optimizers
         if not resuming and stage.inherit_optimizer and previous is not None:
             pending = previous["optimizers"]
         if pending and (resuming or stage.inherit_optimizer):
             for name, optimizer in optimizers.items():
                 optimizer.load_state_dict(pending[name])
         self._pending_optimizers = None
-        config = self.config.train
-        optimisation = OptimisationStep(
-            self.method, list(optimizers.values()), self.device, amp=config.amp, channels_last=config.channels_last
+        return optimizers
+
+    def _synced_values(self, total: Tensor, losses: dict[str, Tensor]) -> tuple[list[float], dict[str, float]]:
+        """[total, *terms] averaged over ranks, and the method's diagnostics (rank 0's own), as floats read
+        from the device in one host sync per step."""
+        terms = torch.stack([total.detach().float(), *(v.detach().float() for v in losses.values())])
+        terms = distributed.mean_over_ranks(terms, self.dist)
+        diagnostics = self.method.diagnostics
+        on_device = [name for name, value in diagnostics.items() if isinstance(value, Tensor)]
+        pieces = [terms, *(diagnostics[name].to(terms.device).reshape(1) for name in on_device)]
+        dtype = functools.reduce(torch.promote_types, (piece.dtype for piece in pieces))
+        floats = torch.cat([piece.to(dtype) for piece in pieces]).tolist()
+        read = dict(zip(on_device, floats[len(terms) :], strict=True))
+        return floats[: len(terms)], {name: read.get(name, value) for name, value in diagnostics.items()}
+
+    def _check_finite(self, values: list[float], losses: dict[str, Tensor], stage: Stage, step: int) -> None:
+        """Stop before a non-finite loss reaches the weights, naming the terms and the last good checkpoint."""
+        if math.isfinite(values[0]):
+            return
+        bad = [k for k, v in zip(losses, values[1:]) if not math.isfinite(v)]
+        raise NonFiniteLossError(
+            f"{self.run_dir}: loss {bad} became {values[0]} at stage {stage.name!r} step {step}; "
+            f"the last good checkpoint is {self.checkpoint_dir / 'last.pt'}"
         )
-        progress = _progress(stage, self.state.step, config.progress and self.dist.is_main)
-        self.method.train()
-        writer = _tensorboard(self.run_dir) if self.dist.is_main else None
-        while self.state.step < stage.iterations:
-            step = self.state.step
-            for name, optimizer in optimizers.items():
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(settings[name], step, stage.iterations)
-            losses = optimisation.losses(self.stream.batch(self.state.global_step), step)
-            total = sum(losses.values())
-            terms = torch.stack([total.detach().float(), *(v.detach().float() for v in losses.values())])
-            values = distributed.mean_over_ranks(terms, self.dist).tolist()  # one host sync per step
-            if not math.isfinite(values[0]):
-                bad = [k for k, v in zip(losses, values[1:]) if not math.isfinite(v)]
-                raise NonFiniteLossError(
-                    f"{self.run_dir}: loss {bad} became {values[0]} at stage {stage.name!r} step {step}; "
-                    f"the last good checkpoint is {self.checkpoint_dir / 'last.pt'}"
-                )
-            optimisation.update(total, step, lambda: distributed.average_gradients(modules.values(), self.dist))
-            self.state.step += 1
-            self.state.global_step += 1
-            row: dict[str, Any] = {
-                "stage": stage.name,
-                "step": self.state.step,
-                "global_step": self.state.global_step,
-                "lr": optimizers[next(iter(optimizers))].param_groups[0]["lr"],
-                "loss": values[0],
-                **{f"loss/{k}": v for k, v in zip(losses, values[1:])},
-                **self.method.diagnostics,
-            }
-            done = self.state.step == stage.iterations
-            if self.val_cases and (self.state.step % config.val_every == 0 or done):
-                dice = self.validate()
-                row["val_dice"] = dice
-                if dice > self.state.best_dice:
-                    self.state.best_dice, self.state.best_step = dice, self.state.step
-                    self._checkpoint(f"best_{stage.name}.pt", optimizers)
-                    if index == len(self.method.stages()) - 1:
-                        self._checkpoint("best.pt", optimizers)
-            self.state.history.append(row)
-            if writer is not None:
-                for key, value in row.items():
-                    if isinstance(value, float):
-                        writer.add_scalar(key, value, self.state.global_step)
-            progress.update(1)
-            progress.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-            if self.state.step % config.checkpoint_every == 0 and not done:
-                self._checkpoint("last.pt", optimizers)
-                self._write_log()
-        progress.close()
+
+    def _row(
+        self,
+        stage: Stage,
+        optimizers: dict[str, torch.optim.Optimizer],
+        losses: dict[str, Tensor],
+        values: list[float],
+        diagnostics: dict[str, float],
+    ) -> dict[str, Any]:
+        """The log row of the iteration just done (the first optimizer's learning rate stands for all)."""
+        return {
+            "stage": stage.name,
+            "step": self.state.step,
+            "global_step": self.state.global_step,
+            "lr": optimizers[next(iter(optimizers))].param_groups[0]["lr"],
+            "loss": values[0],
+            **{f"loss/{k}": v for k, v in zip(losses, values[1:])},
+            **diagnostics,
+        }
+
+    def _validate_and_keep_best(self, index: int, stage: Stage, optimizers: dict[str, torch.optim.Optimizer]) -> float:
+        """Validation Dice; a new best (strictly higher) is saved as best_<stage>.pt, and as best.pt in the
+        last stage."""
+        dice = self.validate()
+        if dice > self.state.best_dice:
+            self.state.best_dice, self.state.best_step = dice, self.state.step
+            self._checkpoint(f"best_{stage.name}.pt", optimizers)
+            if index == len(self.method.stages()) - 1:
+                self._checkpoint("best.pt", optimizers)
+        return dice
+
+    def _log_row(self, row: dict[str, Any], writer: Any, bar: Any) -> None:
+        """The row into the log, its numbers into TensorBoard, the loss onto the progress bar."""
+        self.log.append(row)
         if writer is not None:
-            writer.close()
+            for key, value in row.items():
+                if isinstance(value, float):
+                    writer.add_scalar(key, value, self.state.global_step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+
+    def _finish_stage(self, index: int, stage: Stage, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        """last_<stage>.pt (what the next stage starts from), then last.pt pointing at the next stage or
+        saying the run has finished."""
         self._checkpoint(f"last_{stage.name}.pt", optimizers)
         if index + 1 < len(self.method.stages()):
             self.state.stage_index, self.state.step = index + 1, 0
         else:
             self.state.finished = True
-        self._checkpoint("last.pt", optimizers)
-        self._write_log(final=True)
+        self._save_last(optimizers, stage_end=True)
+
+
+def _set_learning_rates(
+    optimizers: dict[str, torch.optim.Optimizer], settings: dict[str, dict[str, Any]], step: int, iterations: int
+) -> None:
+    for name, optimizer in optimizers.items():
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(settings[name], step, iterations)
 
 
 PLOT_EVERY_S = 30.0
-LOG_FIRST = ("stage", "step", "global_step", "lr", "loss", "val_dice")
-
-
-def _column_order(column: str) -> tuple[int, str]:
-    return (LOG_FIRST.index(column) if column in LOG_FIRST else len(LOG_FIRST), column)
-
-
-def _format(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _progress(stage: Stage, initial: int, enabled: bool) -> Any:

@@ -16,6 +16,7 @@ from medsemi.data.augment import recipe
 from medsemi.data.cases import Case, DatasetInfo
 from medsemi.data.splits import describe_split, load_split, patients
 from medsemi.engine.checkpoint import load_checkpoint, load_weights
+from medsemi.engine.device import resolve_device
 from medsemi.engine.run_folder import evaluation_dir
 from medsemi.eval.figures import ExtremeCases, slice_axis
 from medsemi.eval.inference import predict_case
@@ -119,8 +120,6 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str | None = None)
 
     The dataset's description travels in the checkpoint, so a run predicts without its training data.
     """
-    from medsemi.engine.trainer import resolve_device
-
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
     target = resolve_device(device or config.train.device)

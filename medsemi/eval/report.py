@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from medsemi.engine.checkpoint import atomic_path
+from medsemi.tables import markdown_table
 
 KEY_COLUMNS = ("case_id", "patient", "class")
 FLAG_COLUMNS = ("empty_pred", "empty_gt")
@@ -162,8 +163,7 @@ def write_summary(
 
 
 def _table(columns: list[str], rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return lines + ["| " + " | ".join(_format(row.get(col, "")) for col in columns) + " |" for row in rows]
+    return markdown_table(columns, ([_format(row.get(col, "")) for col in columns] for row in rows))
 
 
 def plot_case_dice(rows: list[dict[str, Any]], path: Path, metric: str = "dice") -> None:

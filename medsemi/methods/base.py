@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -85,13 +85,15 @@ class Method(nn.Module):
     uses_unlabeled: ClassVar[bool] = True
     supported_dims: ClassVar[tuple[int, ...]] = (2, 3)
     registry_name: ClassVar[str] = ""
+    retired_buffers: ClassVar[tuple[str, ...]] = ()
+    """Buffers that older checkpoints of this method hold and it no longer has (dropped when loading)."""
 
     def __init__(self, options: MethodOptions, context: MethodContext) -> None:
         super().__init__()
         check_choices(self.registry_name or type(self).__name__, options)
         self.options = options
         self.context = context
-        self.diagnostics: dict[str, float] = {}
+        self.diagnostics: dict[str, float | Tensor] = {}
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
         """Named, already weighted loss terms; the trainer back-propagates their sum.
@@ -125,13 +127,21 @@ class Method(nn.Module):
     def start_stage(self, stage: Stage, previous_best: dict[str, Tensor] | None) -> None:
         """Called before each stage; `previous_best` is the best-on-val state_dict of the previous stage.
 
-        Not called again when a run resumes mid-stage: what it sets must live in parameters or buffers, which
-        the checkpoint restores (BCP's `selftraining` flag, tested in tests/methods/test_bcp.py).
+        A run resumed inside the stage calls `resume_stage` instead (the checkpoint restores the weights).
         """
 
+    def resume_stage(self, stage: Stage) -> None:
+        """Called instead of `start_stage` when a run resumes inside `stage`, after its weights are restored:
+        set here what `start_stage` sets besides weights, such as which stage this is (BCP, Semi-ViT)."""
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        kept = {key: value for key, value in state_dict.items() if key not in self.retired_buffers}
+        return super().load_state_dict(kept, strict, assign)
+
     def log(self, name: str, value: float | Tensor) -> None:
-        """Record a diagnostic (not a loss) for the training log."""
-        self.diagnostics[name] = float(value)
+        """Record a diagnostic (not a loss) for the training log; a tensor stays on its device (the trainer
+        reads it in its one host sync per step)."""
+        self.diagnostics[name] = value.detach().clone() if isinstance(value, Tensor) else float(value)
 
 
 class StudentMethod(Method):

@@ -91,6 +91,7 @@ def _forward(net: nn.Module, *sub_batches: Tensor) -> list[Tensor]:
 @register_method("bcp")
 class BCP(StudentTeacherMethod):
     Options = BCPOptions
+    retired_buffers = ("selftraining",)  # the stage comes from start_stage/resume_stage
 
     def __init__(self, options: BCPOptions, context: MethodContext) -> None:
         super().__init__(options, context)
@@ -106,8 +107,7 @@ class BCP(StudentTeacherMethod):
         self.pretrain_regions = resolved["pretrain_loss"] == "regions"
         self.inherit_optimizer = resolved["selftrain_optimizer"] == "pretrained"
         self.num_classes = context.info.num_classes
-        # Part of the state_dict, so a run resumed inside self-training knows where it is.
-        self.register_buffer("selftraining", torch.tensor(False))
+        self.selftraining = False
 
     def stages(self) -> list[Stage]:
         pretrain = [Stage("pretrain", self.options.pretrain_iterations)] if self.options.pretrain_iterations else []
@@ -122,10 +122,13 @@ class BCP(StudentTeacherMethod):
                 {k.removeprefix(prefix): v for k, v in previous_best.items() if k.startswith(prefix)}
             )
         self.teacher.load_state_dict(self.student.state_dict())
-        self.selftraining.fill_(stage.name == "selftrain")
+        self.resume_stage(stage)
+
+    def resume_stage(self, stage: Stage) -> None:
+        self.selftraining = stage.name == "selftrain"
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
-        return self._selftrain_step(batch) if bool(self.selftraining) else self._pretrain_step(batch)
+        return self._selftrain_step(batch) if self.selftraining else self._pretrain_step(batch)
 
     def _pretrain_step(self, batch: Batch) -> dict[str, Tensor]:
         """Labeled a (outside the box) and labeled b (inside it), mixed and supervised by the mixed label."""
@@ -200,5 +203,5 @@ class BCP(StudentTeacherMethod):
         return (ce + dice) / 2
 
     def after_step(self, step: int) -> None:
-        if bool(self.selftraining):
+        if self.selftraining:
             ema_update(self.teacher, self.student, self.options.ema_decay, step, buffers=self.ema_buffers, warmup=False)

@@ -113,11 +113,11 @@ class SemiViT(StudentTeacherMethod):
 
     Options = SemiViTOptions
     needs_strong_view = True
+    retired_buffers = ("warming_up",)  # the stage comes from start_stage/resume_stage
 
     def __init__(self, options: SemiViTOptions, context: MethodContext) -> None:
         super().__init__(options, context)
-        # Persisted, so a run resumed inside a stage knows which one it is (start_stage is not called then).
-        self.register_buffer("warming_up", torch.tensor(False))
+        self.warming_up = False
 
     def stages(self) -> list[Stage]:
         train = Stage("train", self.context.iterations)
@@ -129,7 +129,10 @@ class SemiViT(StudentTeacherMethod):
         if stage.name == "train" and previous_best is not None:
             self.load_state_dict(previous_best)
             self.teacher.load_state_dict(self.student.state_dict())
-        self.warming_up.fill_(stage.name == "warmstart")
+        self.resume_stage(stage)
+
+    def resume_stage(self, stage: Stage) -> None:
+        self.warming_up = stage.name == "warmstart"
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
         o = self.options

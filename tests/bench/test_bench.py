@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from medsemi.bench.grid import BenchError, BenchSpec, plan
 from medsemi.bench.leaderboard import read_summary
 from medsemi.bench.protocols import PAPER, QUICK, QUICK_LA, Protocol
-from medsemi.bench.runner import BenchError, BenchSpec, plan, run_bench
+from medsemi.bench.runner import run_bench
 from medsemi.cli import main
 from medsemi.config import Config, save_config
 from medsemi.methods.supervised import Supervised

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from medsemi.bench.cost import measure_costs, write_costs
-from medsemi.bench.runner import BenchSpec
+from medsemi.bench.grid import BenchSpec
 from medsemi.cli import main
 from tests.bench.tiny_protocol import REPO, TINY
 

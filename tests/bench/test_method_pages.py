@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from medsemi.bench.grid import BenchSpec
 from medsemi.bench.method_pages import MEASURED_BEGIN, MEASURED_END, PageError, main, refresh
-from medsemi.bench.runner import BenchSpec, run_bench
+from medsemi.bench.runner import run_bench
 from tests.bench.tiny_protocol import REPO, TINY
 
 

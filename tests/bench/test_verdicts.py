@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from medsemi.bench.grid import BenchSpec, plan
 from medsemi.bench.leaderboard import read_csv_rows, verdict, write_leaderboard
-from medsemi.bench.runner import BenchSpec, plan
 from medsemi.bench.worker import RULES
 from tests.bench.tiny_protocol import REPO, TINY
 

@@ -185,6 +185,7 @@ def test_two_gloo_ranks_stay_identical_and_match_one_process_with_the_global_bat
         "config.yaml",
         "learning_curves.png",
         "log.csv",
+        "log.jsonl",
     ]
 
     probe = [torch.load(tmp_path / f"probe_rank{rank}.pt") for rank in (0, 1)]

@@ -14,7 +14,9 @@ import torch
 from medsemi.config import load_config
 from medsemi.engine.checkpoint import load_checkpoint, save_checkpoint
 from medsemi.engine.trainer import NonFiniteLossError, RunExistsError, Trainer, learning_rate, train
+from medsemi.engine.training_log import LOG_ROWS, read_rows
 from medsemi.eval.evaluate import evaluate_run
+from medsemi.methods.mean_teacher import MeanTeacher
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -41,6 +43,8 @@ def test_run_folder_holds_config_log_checkpoints_and_evaluation(tmp_path: Path) 
         assert (run_dir / "checkpoints" / name).exists(), name
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["state"]
     assert state["finished"] and state["global_step"] == 6
+    assert "history" not in state  # the log lives in log.jsonl: checkpoints do not grow with the run
+    assert [row["global_step"] for row in read_rows(run_dir / LOG_ROWS)] == list(range(1, 7))
     summary = evaluate_run(run_dir, split="test", limit=2)
     out = run_dir / "eval" / "test_best"
     assert (out / "cases.csv").exists() and (out / "summary.md").exists() and (out / "dice.png").exists()
@@ -85,6 +89,58 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, kill_at_first_ch
     assert resumed["state"]["finished"] and resumed["state"]["global_step"] == 40
     for key, value in expected["method"].items():
         assert torch.allclose(resumed["method"][key].float(), value.float(), atol=1e-6), key
+
+
+def _interrupted_at_global_step_2(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """A 4-iteration run stopped during iteration 3 (last.pt at step 2); returns its log rows."""
+    original = MeanTeacher.training_step
+
+    def stopped(self: MeanTeacher, batch: object, step: int) -> dict[str, torch.Tensor]:
+        if step == 2:
+            raise KeyboardInterrupt
+        return original(self, batch, step)
+
+    monkeypatch.setattr(MeanTeacher, "training_step", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(run_dir, *LOG_RUN))
+    monkeypatch.undo()
+    return read_rows(run_dir / LOG_ROWS)
+
+
+LOG_RUN = ("train.iterations=4", "train.checkpoint_every=2", "train.val_split=none")
+
+
+def _logged_steps(run_dir: Path) -> list[int]:
+    return [int(line.split(",")[2]) for line in (run_dir / "log.csv").read_text().splitlines()[1:]]
+
+
+def test_resume_drops_the_log_rows_after_its_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows a killed run logged after its last checkpoint (and a line cut off mid-append) are not kept: the
+    resumed run's log has each iteration once, as an uninterrupted run's."""
+    reference = train(_config(tmp_path / "reference", *LOG_RUN))
+    run_dir = tmp_path / "killed"
+    rows = _interrupted_at_global_step_2(run_dir, monkeypatch)
+    assert [row["global_step"] for row in rows] == [1, 2]
+    with open(run_dir / LOG_ROWS, "a") as handle:
+        handle.write('{"stage": "train", "step": 3, "global_step": 3, "loss": 99.0}\n{"stage": "tr')
+    train(_config(run_dir, *LOG_RUN), resume=True)
+    assert _logged_steps(run_dir) == [1, 2, 3, 4]
+    assert (run_dir / "log.csv").read_text() == (reference / "log.csv").read_text()
+
+
+def test_a_checkpoint_with_the_log_inside_still_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Older checkpoints carried the log as TrainState.history (and no log.jsonl existed): their rows start
+    the log of the resumed run."""
+    run_dir = tmp_path / "old"
+    rows = _interrupted_at_global_step_2(run_dir, monkeypatch)
+    (run_dir / LOG_ROWS).unlink()
+    last = run_dir / "checkpoints" / "last.pt"
+    checkpoint = load_checkpoint(last)
+    checkpoint["state"]["history"] = [{**row, "loss": 7.5} for row in rows]
+    save_checkpoint(last, checkpoint)
+    train(_config(run_dir, *LOG_RUN), resume=True)
+    assert _logged_steps(run_dir) == [1, 2, 3, 4]
+    assert [row["loss"] for row in read_rows(run_dir / LOG_ROWS)][:2] == [7.5, 7.5]
 
 
 def test_checkpoints_load_without_pickled_code_and_older_ones_still_resume(tmp_path: Path) -> None:

@@ -257,7 +257,7 @@ def test_student_gets_gradient_the_teacher_none(make_batch: Callable[..., Batch]
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.student.parameters())
 
 
-def test_selftraining_starts_from_the_previous_best_student_and_survives_a_resume(
+def test_selftraining_starts_from_the_previous_best_student_and_resume_stage_restores_it(
     make_batch: Callable[..., Batch],
 ) -> None:
     method, pretrained = _bcp(), _bcp()
@@ -268,10 +268,22 @@ def test_selftraining_starts_from_the_previous_best_student_and_survives_a_resum
     for net in (method.student, method.teacher):
         for key, value in net.state_dict().items():
             assert torch.equal(value, pretrained.student.state_dict()[key]), key
+    assert "selftraining" not in method.state_dict()  # the stage is the trainer's to tell, not a weight
     resumed = _bcp()
-    assert set(resumed.training_step(make_batch(SHAPES[2], 4, n=4), step=0)) == {"supervised"}
     resumed.load_state_dict(method.state_dict())
+    assert set(resumed.training_step(make_batch(SHAPES[2], 4, n=4), step=0)) == {"supervised"}
+    resumed.resume_stage(method.stages()[1])
     assert set(resumed.training_step(make_batch(SHAPES[2], 4, n=4), step=0)) == {"supervised", "pseudo"}
+
+
+def test_a_checkpoint_with_the_old_selftraining_buffer_still_loads() -> None:
+    method, old = _bcp(), _bcp()
+    state = {**old.state_dict(), "selftraining": torch.tensor(True)}
+    method.load_state_dict(state)
+    for key, value in old.state_dict().items():
+        assert torch.equal(method.state_dict()[key], value), key
+    with pytest.raises(RuntimeError, match="unexpected_key"):
+        method.load_state_dict({**state, "unexpected_key": torch.tensor(0.0)})
 
 
 @pytest.mark.parametrize(("scope", "buffers_follow"), [("state", True), ("parameters", False)])
@@ -365,7 +377,8 @@ def _synthetic_config(run_dir: Path, *overrides: str) -> Any:
 def test_a_run_killed_inside_selftraining_resumes_to_the_same_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Trainer-level: both stages on the synthetic phantom, interrupted at self-training step 2, resumed."""
+    """Trainer-level: both stages on the synthetic phantom, interrupted at self-training step 2, resumed: the
+    trainer tells the method its stage (resume_stage), so the resumed run continues self-training at step 2."""
     from medsemi.engine.checkpoint import load_checkpoint
     from medsemi.engine.trainer import train
 
@@ -376,17 +389,24 @@ def test_a_run_killed_inside_selftraining_resumes_to_the_same_weights(
     original = BCP.training_step
 
     def killed_at_selftrain_step_2(self: BCP, batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        if bool(self.selftraining) and step == 2:
+        if self.selftraining and step == 2:
             raise KeyboardInterrupt
         return original(self, batch, step)
 
     monkeypatch.setattr(BCP, "training_step", killed_at_selftrain_step_2)
     with pytest.raises(KeyboardInterrupt):
         train(config(tmp_path / "killed"))
-    monkeypatch.undo()
     interrupted = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
     assert (interrupted["state"]["stage_index"], interrupted["state"]["step"]) == (1, 2)
+    steps: list[tuple[bool, int]] = []
+
+    def recorded(self: BCP, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        steps.append((self.selftraining, step))
+        return original(self, batch, step)
+
+    monkeypatch.setattr(BCP, "training_step", recorded)
     train(config(tmp_path / "killed"), resume=True)
+    assert steps == [(True, 2), (True, 3)]
     resumed = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
     assert resumed["state"]["finished"] and resumed["state"]["global_step"] == 6
     for key, value in reference["method"].items():
