@@ -8,9 +8,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+
+ReferenceRecipe = Literal["acdc", "acdc_head", "la", "crop", "none"]
+"""The published augmentations `data.augment` may name (medsemi.data.augment.REFERENCES describes them)."""
 
 
 @dataclass
@@ -22,7 +25,7 @@ class DataConfig:
     patch_size: list[int] = field(default_factory=lambda: [256, 256])
     batch_labeled: int = 12
     batch_unlabeled: int = 12
-    augment: str | dict[str, Any] = "acdc"
+    augment: ReferenceRecipe | dict[str, Any] = "acdc"
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -34,11 +37,11 @@ class NetConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    schedule: str = "poly"
+    schedule: Literal["poly", "step", "constant"] = "poly"
     poly_power: float = 0.9
     step_every: int = 2500
     step_gamma: float = 0.1
@@ -54,9 +57,9 @@ class OptimConfig:
 class TrainConfig:
     iterations: int = 30000
     val_every: int = 200
-    val_split: str = "val"
+    val_split: Literal["val", "test", "none"] = "val"
     val_limit: int | None = None
-    val_sampling: str = "first"
+    val_sampling: Literal["first", "across_patients"] = "first"
     checkpoint_every: int = 200
     device: str = "auto"
     amp: bool = False
@@ -119,27 +122,58 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def typed_fields(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """`values` (known fields of dataclass `cls`) typed by its annotations, as every config section is."""
+    hints = typing.get_type_hints(cls)
+    return {name: _coerce(value, hints[name], f"{where}{name}") for name, value in values.items()}
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check scalars against their annotation (ints may stand for floats); containers are taken as they are."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    """Check a value against its annotation, converting what YAML and `key=value` overrides leave untyped.
+
+    A float accepts an int or a numeric string (YAML 1.1 reads "1e-3" as a string); an int or a bool must be
+    exactly one (True is no int, 1.5 no int); a `Literal` names the allowed values; list items are checked by
+    their type; mappings are taken as they are.
+    """
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     if value is None:
         if type(None) in options:
             return None
         raise ConfigError(f"{where} may not be null")
+    choices: list[Any] = []
     for option in options:
         origin = typing.get_origin(option) or option
+        if origin is Literal:
+            if any(type(value) is type(choice) and value == choice for choice in typing.get_args(option)):
+                return value
+            choices += typing.get_args(option)
         if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if origin is float and isinstance(value, str):
             try:
-                return float(value)  # YAML 1.1 reads "1e-3" as a string
+                return float(value)
             except ValueError:
                 continue
         if origin in (int, str, bool) and type(value) is origin:
             return value
-        if origin in (list, dict) and isinstance(value, origin) or origin is Any:
+        if origin is list and isinstance(value, list):
+            (item,) = typing.get_args(option) or (Any,)
+            return [_coerce(element, item, f"{where}[{i}]") for i, element in enumerate(value)]
+        if origin is dict and isinstance(value, dict) or origin is Any:
             return value
-    raise ConfigError(f"{where}: {value!r} is not a valid {hint}")
+    if choices and isinstance(value, str):
+        mapping = " or a mapping" if any(typing.get_origin(option) is dict for option in options) else ""
+        raise ConfigError(f"{where} must be one of {tuple(choices)}{mapping}, got {value!r}")
+    raise ConfigError(f"{where}: {value!r} is not a valid {type_name(hint)}")
+
+
+def type_name(hint: Any) -> str:
+    """An annotation as a reader writes it: `int`, `'ce' | 'ce_dice'`, `dict[str, Any]`."""
+    if typing.get_origin(hint) is Literal:
+        return " | ".join(repr(choice) for choice in typing.get_args(hint))
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -177,8 +211,20 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     if "name" not in config.method:
         raise ConfigError("method.name is required")
     config.optim.overrides = _optim_overrides(config.optim.overrides)
+    config.method = _method_section(config.method)
     validate(config)
     return config
+
+
+def _method_section(section: dict[str, Any]) -> dict[str, Any]:
+    """The `method:` section typed by the method's Options dataclass, like every other section."""
+    import medsemi.methods
+    from medsemi.methods.base import method_class, method_option_fields
+
+    name, methods = section["name"], medsemi.methods.list_methods()
+    _require(name in methods, "method.name", name, f"one of {methods}")
+    options = {key: value for key, value in section.items() if key != "name"}
+    return {"name": name, **method_option_fields(method_class(name), options)}
 
 
 def _optim_overrides(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -198,12 +244,6 @@ def _optim_overrides(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return typed
 
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("poly", "step", "constant")
-VAL_SPLITS = ("val", "test", "none")
-VAL_SAMPLINGS = ("first", "across_patients")
-
-
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"{key} must be {expected}, got {value!r}")
@@ -221,8 +261,8 @@ def _is_size(value: Any, dims: tuple[int, ...] = (2, 3)) -> bool:
 def validate(config: Config) -> None:
     """Check every setting before any data is read or any folder written; the first bad one is named.
 
-    Values the types already pin down are checked by `_build`; this checks ranges, choices, sizes, the
-    device, and that the dataset, network and method (with its options) exist.
+    Values the types already pin down (choices too: `Literal`, method options included) are checked by
+    `_build`; this checks ranges, sizes, the device, and that the dataset, network and augmentation exist.
     """
     data, train, evaluation = config.data, config.train, config.eval
     for key, value in {
@@ -236,8 +276,6 @@ def validate(config: Config) -> None:
     _require(data.batch_unlabeled >= 0, "data.batch_unlabeled", data.batch_unlabeled, "an integer >= 0")
     _require(data.labeled is None or data.labeled >= 1, "data.labeled", data.labeled, "a positive number or null")
     _require(train.val_limit is None or train.val_limit >= 1, "train.val_limit", train.val_limit, ">= 1 or null")
-    _require(train.val_split in VAL_SPLITS, "train.val_split", train.val_split, f"one of {VAL_SPLITS}")
-    _require(train.val_sampling in VAL_SAMPLINGS, "train.val_sampling", train.val_sampling, f"one of {VAL_SAMPLINGS}")
     _require(_is_size(data.patch_size), "data.patch_size", data.patch_size, "2 or 3 positive integers")
     dims = (len(data.patch_size),)
     for key, value in {"eval.patch_size": evaluation.patch_size, "eval.stride": evaluation.stride}.items():
@@ -252,11 +290,9 @@ def validate(config: Config) -> None:
 
 def _validate_optim(settings: dict[str, Any], where: str) -> None:
     lr = settings["lr"]
-    _require(settings["name"] in OPTIMIZERS, f"{where}.name", settings["name"], f"one of {OPTIMIZERS}")
     _require(math.isfinite(lr) and lr > 0, f"{where}.lr", lr, "a positive learning rate")
     _require(0 <= settings["momentum"] <= 1, f"{where}.momentum", settings["momentum"], "in [0, 1]")
     _require(settings["weight_decay"] >= 0, f"{where}.weight_decay", settings["weight_decay"], ">= 0")
-    _require(settings["schedule"] in SCHEDULES, f"{where}.schedule", settings["schedule"], f"one of {SCHEDULES}")
     _require(settings["poly_power"] >= 0, f"{where}.poly_power", settings["poly_power"], ">= 0")
     _require(settings["step_every"] >= 1, f"{where}.step_every", settings["step_every"], "a positive integer")
     _require(settings["step_gamma"] > 0, f"{where}.step_gamma", settings["step_gamma"], "> 0")
@@ -285,11 +321,9 @@ def _validate_device(name: str) -> None:
 
 
 def _validate_components(config: Config) -> None:
-    """The dataset (and its options), network, augmentation and method (and its options) exist."""
-    import medsemi.methods
+    """The dataset (and its options), network and augmentation exist (the method is typed at load)."""
     from medsemi.data.augment import recipe
     from medsemi.data.registry import dataset_factory
-    from medsemi.methods.base import build_options, check_choices, method_class
     from medsemi.nets import list_nets
 
     try:
@@ -297,15 +331,8 @@ def _validate_components(config: Config) -> None:
     except ValueError as error:
         raise ConfigError(str(error)) from error
     _require(config.net.name in list_nets(), "net.name", config.net.name, f"one of {list_nets()}")
-    _require(
-        config.method_name in medsemi.methods.list_methods(),
-        "method.name",
-        config.method_name,
-        f"one of {medsemi.methods.list_methods()}",
-    )
     try:
         dataset_factory(config.data.dataset, config.data.options)
-        check_choices(config.method_name, build_options(method_class(config.method_name), config.method_options))
     except (KeyError, ValueError, TypeError) as error:
         raise ConfigError(error.args[0] if isinstance(error, KeyError) and error.args else str(error)) from error
 

@@ -16,6 +16,7 @@ subset of the original classes.
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
+
+from medsemi.config import ReferenceRecipe
 
 IDENTITY, ROT_FLIP, ROTATE = 0, 1, 2
 """The three branches of the ACDC recipe (values of `AcdcParams.branch`)."""
@@ -412,7 +415,7 @@ def strong_view(
     return x * scale + low
 
 
-REFERENCES = ("acdc", "acdc_head", "la", "crop", "none")
+REFERENCES = typing.get_args(ReferenceRecipe)
 """acdc: SSL4MIS RandomGenerator as published (2D; slices resized to the patch). acdc_head: its June-2025
 HEAD variant (50/50 rot-flip / rotation). la: UA-MT RandomCrop (zero padding) + RandomRotFlip, 2D or 3D.
 crop: the same recipe under its generic name (2D images larger than the patch, e.g. pathology).
