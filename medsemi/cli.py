@@ -108,6 +108,9 @@ def _list(args: argparse.Namespace) -> int:
     from medsemi.methods import list_methods
     from medsemi.nets import list_blocks, list_nets
 
+    if args.options is not None:
+        return _list_options(args.options)
+
     for title, names in (
         ("methods", list_methods()),
         ("networks", list_nets()),
@@ -115,6 +118,18 @@ def _list(args: argparse.Namespace) -> int:
         ("datasets", list_datasets()),
     ):
         print(f"{title}: {', '.join(names)}")
+    return 0
+
+
+def _list_options(method: str) -> int:
+    """Every option of one method (or of all, for "") with its type, default and schedule unit."""
+    from medsemi.methods import list_methods
+    from medsemi.methods.base import method_class
+    from medsemi.methods.options import options_text
+
+    for name, cls in [(name, method_class(name)) for name in ([method] if method else list_methods())]:
+        print(f"{name}:")
+        print("\n".join(options_text(cls.Options)))
     return 0
 
 
@@ -219,7 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=int, default=17)
     export.set_defaults(handler=_export)
 
-    listing = verbs.add_parser("list", help="list methods, networks and datasets")
+    listing = verbs.add_parser("list", help="list methods, networks and datasets (or a method's options)")
+    listing.add_argument(
+        "--options",
+        nargs="?",
+        const="",
+        metavar="METHOD",
+        help="print every option of METHOD (default: of every method) with its type, default and unit",
+    )
     listing.set_defaults(handler=_list)
 
     data = verbs.add_parser("data", help="dataset tools")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+
+from medsemi.typed import ConfigError, coerce
 
 
 @dataclass
@@ -34,11 +35,11 @@ class NetConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    schedule: str = "poly"
+    schedule: Literal["poly", "step", "constant"] = "poly"
     poly_power: float = 0.9
     step_every: int = 2500
     step_gamma: float = 0.1
@@ -54,9 +55,9 @@ class OptimConfig:
 class TrainConfig:
     iterations: int = 30000
     val_every: int = 200
-    val_split: str = "val"
+    val_split: Literal["val", "test", "none"] = "val"
     val_limit: int | None = None
-    val_sampling: str = "first"
+    val_sampling: Literal["first", "across_patients"] = "first"
     checkpoint_every: int = 200
     device: str = "auto"
     amp: bool = False
@@ -97,10 +98,6 @@ class Config:
         return {k: v for k, v in self.method.items() if k != "name"}
 
 
-class ConfigError(ValueError):
-    pass
-
-
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {values!r}")
@@ -115,31 +112,8 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, f"{where}{name}.")
         else:
-            kwargs[name] = _coerce(value, hint, f"{where}{name}")
+            kwargs[name] = coerce(value, hint, f"{where}{name}")
     return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check scalars against their annotation (ints may stand for floats); containers are taken as they are."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None:
-        if type(None) in options:
-            return None
-        raise ConfigError(f"{where} may not be null")
-    for option in options:
-        origin = typing.get_origin(option) or option
-        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if origin is float and isinstance(value, str):
-            try:
-                return float(value)  # YAML 1.1 reads "1e-3" as a string
-            except ValueError:
-                continue
-        if origin in (int, str, bool) and type(value) is origin:
-            return value
-        if origin in (list, dict) and isinstance(value, origin) or origin is Any:
-            return value
-    raise ConfigError(f"{where}: {value!r} is not a valid {hint}")
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -177,8 +151,20 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     if "name" not in config.method:
         raise ConfigError("method.name is required")
     config.optim.overrides = _optim_overrides(config.optim.overrides)
+    config.method = _method_section(config.method)
     validate(config)
     return config
+
+
+def _method_section(section: dict[str, Any]) -> dict[str, Any]:
+    """The `method:` section typed by the method's Options dataclass, like every other section."""
+    import medsemi.methods
+    from medsemi.methods.base import method_class, method_option_fields
+
+    name, methods = section["name"], medsemi.methods.list_methods()
+    _require(name in methods, "method.name", name, f"one of {methods}")
+    options = {key: value for key, value in section.items() if key != "name"}
+    return {"name": name, **method_option_fields(method_class(name), options)}
 
 
 def _optim_overrides(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -193,15 +179,9 @@ def _optim_overrides(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if unknown:
             raise ConfigError(f"unknown optim.overrides.{module} key(s) {unknown}; known: {known}")
         typed[module] = {
-            key: _coerce(value, hints[key], f"optim.overrides.{module}.{key}") for key, value in settings.items()
+            key: coerce(value, hints[key], f"optim.overrides.{module}.{key}") for key, value in settings.items()
         }
     return typed
-
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("poly", "step", "constant")
-VAL_SPLITS = ("val", "test", "none")
-VAL_SAMPLINGS = ("first", "across_patients")
 
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -221,8 +201,8 @@ def _is_size(value: Any, dims: tuple[int, ...] = (2, 3)) -> bool:
 def validate(config: Config) -> None:
     """Check every setting before any data is read or any folder written; the first bad one is named.
 
-    Values the types already pin down are checked by `_build`; this checks ranges, choices, sizes, the
-    device, and that the dataset, network and method (with its options) exist.
+    Values the types already pin down (choices too: `Literal`, method options included) are checked by
+    `_build`; this checks ranges, sizes, the device, and that the dataset, network and augmentation exist.
     """
     data, train, evaluation = config.data, config.train, config.eval
     for key, value in {
@@ -236,8 +216,6 @@ def validate(config: Config) -> None:
     _require(data.batch_unlabeled >= 0, "data.batch_unlabeled", data.batch_unlabeled, "an integer >= 0")
     _require(data.labeled is None or data.labeled >= 1, "data.labeled", data.labeled, "a positive number or null")
     _require(train.val_limit is None or train.val_limit >= 1, "train.val_limit", train.val_limit, ">= 1 or null")
-    _require(train.val_split in VAL_SPLITS, "train.val_split", train.val_split, f"one of {VAL_SPLITS}")
-    _require(train.val_sampling in VAL_SAMPLINGS, "train.val_sampling", train.val_sampling, f"one of {VAL_SAMPLINGS}")
     _require(_is_size(data.patch_size), "data.patch_size", data.patch_size, "2 or 3 positive integers")
     dims = (len(data.patch_size),)
     for key, value in {"eval.patch_size": evaluation.patch_size, "eval.stride": evaluation.stride}.items():
@@ -252,11 +230,9 @@ def validate(config: Config) -> None:
 
 def _validate_optim(settings: dict[str, Any], where: str) -> None:
     lr = settings["lr"]
-    _require(settings["name"] in OPTIMIZERS, f"{where}.name", settings["name"], f"one of {OPTIMIZERS}")
     _require(math.isfinite(lr) and lr > 0, f"{where}.lr", lr, "a positive learning rate")
     _require(0 <= settings["momentum"] <= 1, f"{where}.momentum", settings["momentum"], "in [0, 1]")
     _require(settings["weight_decay"] >= 0, f"{where}.weight_decay", settings["weight_decay"], ">= 0")
-    _require(settings["schedule"] in SCHEDULES, f"{where}.schedule", settings["schedule"], f"one of {SCHEDULES}")
     _require(settings["poly_power"] >= 0, f"{where}.poly_power", settings["poly_power"], ">= 0")
     _require(settings["step_every"] >= 1, f"{where}.step_every", settings["step_every"], "a positive integer")
     _require(settings["step_gamma"] > 0, f"{where}.step_gamma", settings["step_gamma"], "> 0")
@@ -285,11 +261,9 @@ def _validate_device(name: str) -> None:
 
 
 def _validate_components(config: Config) -> None:
-    """The dataset (and its options), network, augmentation and method (and its options) exist."""
-    import medsemi.methods
+    """The dataset (and its options), network and augmentation exist (the method is typed at load)."""
     from medsemi.data.augment import recipe
     from medsemi.data.registry import dataset_factory
-    from medsemi.methods.base import build_options, check_choices, method_class
     from medsemi.nets import list_nets
 
     try:
@@ -297,15 +271,8 @@ def _validate_components(config: Config) -> None:
     except ValueError as error:
         raise ConfigError(str(error)) from error
     _require(config.net.name in list_nets(), "net.name", config.net.name, f"one of {list_nets()}")
-    _require(
-        config.method_name in medsemi.methods.list_methods(),
-        "method.name",
-        config.method_name,
-        f"one of {medsemi.methods.list_methods()}",
-    )
     try:
         dataset_factory(config.data.dataset, config.data.options)
-        check_choices(config.method_name, build_options(method_class(config.method_name), config.method_options))
     except (KeyError, ValueError, TypeError) as error:
         raise ConfigError(error.args[0] if isinstance(error, KeyError) and error.args else str(error)) from error
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,44 @@ def test_acdc_and_la_configs_are_the_paper_protocols() -> None:
     assert mean_teacher["ema_decay"] == 0.99 and mean_teacher["consistency"] == 0.1
     assert mean_teacher["rampup_epochs"] * mean_teacher["iterations_per_epoch"] == 30000
     assert mean_teacher["consistency_start"] == 1000
+
+
+def test_method_options_are_typed_at_load_like_every_section() -> None:
+    path = REPO / "configs/acdc/mean_teacher.yaml"
+    config = load_config(path, ["method.ema_decay=1e-3", "method.consistency=1"])
+    assert config.method_options["ema_decay"] == 1e-3 and type(config.method_options["ema_decay"]) is float
+    assert type(config.method_options["consistency"]) is float
+    with pytest.raises(ConfigError, match=r"method\.consistency_start: 1\.5 is not a valid int"):
+        load_config(path, ["method.consistency_start=1.5"])
+    with pytest.raises(ConfigError, match=r"method\.ema_buffers: 1 is not a valid bool"):
+        load_config(path, ["method.ema_buffers=1"])
+    with pytest.raises(ConfigError, match=r"method\.consistency_start: True is not a valid int"):
+        load_config(path, ["method.consistency_start=true"])
+    with pytest.raises(ConfigError, match=r"has no option\(s\) \['ema'\]; known: \[.*'ema_decay'"):
+        load_config(path, ["method.ema=0.9"])
+
+
+def test_choices_name_the_allowed_values() -> None:
+    bcp = REPO / "configs/acdc/bcp.yaml"
+    allowed = "('auto', 'batch_squared_bg_unmasked', 'batch_squared', 'sample_linear')"
+    with pytest.raises(ConfigError, match=re.escape(f"bcp: method.dice must be one of {allowed}, got 'squared'")):
+        load_config(bcp, ["method.dice=squared"])
+    with pytest.raises(ConfigError, match=re.escape("optim.name must be one of ('sgd', 'adam', 'adamw'), got 'lbfgs'")):
+        load_config(bcp, ["optim.name=lbfgs"])
+    with pytest.raises(ConfigError, match=re.escape("optim.overrides.net.schedule must be one of")):
+        load_config(bcp, ["optim.overrides={net: {schedule: cosine}}"])
+    with pytest.raises(ConfigError, match=re.escape("data.augment must be one of acdc, acdc_head, la, crop, none or a mapping")):
+        load_config(bcp, ["data.augment=flip"])
+
+
+def test_shipped_method_options_keep_their_values_and_types() -> None:
+    """What load_config gave at 61602aa for the options the configs set (printed there, kept as a pin)."""
+    bcp = load_config(REPO / "configs/acdc/bcp.yaml").method_options
+    assert bcp["beta"] == 2 / 3 and bcp["pretrain_iterations"] == 10000 and bcp["dice"] == "batch_squared_bg_unmasked"
+    caml = load_config(REPO / "configs/la/caml.yaml").method_options
+    assert (caml["rampup_epochs"], caml["iterations_per_epoch"], caml["memory_slots"]) == (20.0, 150, 8)
+    assert [type(caml[key]) for key in ("rampup_epochs", "iterations_per_epoch", "detach_targets")] == [
+        float,
+        int,
+        bool,
+    ]

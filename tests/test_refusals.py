@@ -471,7 +471,7 @@ ROWS = [
     Row("unknown method option", _config("method.ema=0.9", says="has no option(s) ['ema']")),
     Row("unknown data.options", _config("data.options={n_patients: 3}", says="unknown data.options ['n_patients']")),
     Row("unknown config key", _config("data.labelled=3", says="data.labelled")),
-    Row("wrong type", _config("train.iterations=many", says="train.iterations: 'many' is not a valid")),
+    Row("wrong type", _config("train.iterations=many", says="train.iterations: 'many' is not a valid int")),
     Row(
         "config checked before data is read",
         _config("data.dataset=nnunet", "data.root=/no/such/folder", "train.iterations=0", says="train.iterations"),

@@ -2,26 +2,19 @@
 
 A run of a bench = the method's paper config (configs/<dataset>/<method>.yaml) + the protocol's overrides +
 the grid point (labeled budget, seed, run folder). When a protocol shortens the schedule, every method option
-measured in iterations is scaled by the same factor (`scaled_options`), so a method with a pre-training stage
-or a ramp-up keeps the same *fraction* of the run as in the paper; a per-method table covers what a rule
-cannot express.
+whose field carries a schedule unit (medsemi.methods.options) is scaled by the same factor (`scaled_options`),
+so a method with a pre-training stage or a ramp-up keeps the same *fraction* of the run as in the paper; a
+per-method table covers what a rule cannot express.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from medsemi.config import Config
-
-ITERATION_NAMES = ("consistency_start",)
-"""Options counted in iterations besides those named *_iterations (SSL4MIS mean teacher's switch-on)."""
-
-EPOCH_LENGTH = "iterations_per_epoch"
-"""Where a method has it, its *_epochs options count epochs of this many iterations: the epoch is scaled
-(SSL4MIS ramps step per epoch, so a shorter epoch keeps the ramp's 200 steps instead of coarsening it)."""
 
 
 @dataclass(frozen=True)
@@ -127,11 +120,22 @@ def get_protocol(name: str) -> Protocol:
     return PROTOCOLS[name]
 
 
-def is_iteration_option(name: str, options: Collection[str]) -> bool:
-    """Whether an option measures a length of the schedule (see ITERATION_NAMES and EPOCH_LENGTH)."""
-    if name.endswith("_epochs"):
-        return EPOCH_LENGTH not in options
-    return name == EPOCH_LENGTH or name.endswith("_iterations") or name in ITERATION_NAMES
+def schedule_lengths(options: type) -> set[str]:
+    """The options of an Options dataclass that measure a length of the schedule (their field's unit says so).
+
+    Iterations and an epoch's length in iterations scale with the run; epochs scale only where no epoch length
+    does it for them (SSL4MIS ramps step once per epoch, so a shorter epoch keeps the ramp's 200 steps instead
+    of coarsening it).
+    """
+    from medsemi.methods.options import option_unit
+
+    units = {option.name: option_unit(option) for option in dataclasses.fields(options)}
+    has_epoch_length = "iterations/epoch" in units.values()
+    return {
+        name
+        for name, unit in units.items()
+        if unit in ("iterations", "iterations/epoch") or (unit == "epochs" and not has_epoch_length)
+    }
 
 
 def method_option_values(config: Config) -> dict[str, Any]:
@@ -151,15 +155,17 @@ def _scaled(value: int | float, factor: float) -> int | float:
 
 
 def scaled_options(config: Config, iterations: int) -> list[str]:
-    """Overrides that shrink (or stretch) by iterations / config.train.iterations every iteration-measured
+    """Overrides that shrink (or stretch) by iterations / config.train.iterations every schedule-length
     method option (`method.<name>=<value>`) and the LR step of a step schedule (`optim.step_every`)."""
     factor = iterations / config.train.iterations
     if factor == 1:
         return []
-    values = method_option_values(config)
+    from medsemi.methods.base import method_class
+
+    lengths = schedule_lengths(method_class(config.method_name).Options)
     overrides = []
-    for name, value in sorted(values.items()):
-        if not is_iteration_option(name, values) or isinstance(value, bool) or not isinstance(value, int | float):
+    for name, value in sorted(method_option_values(config).items()):
+        if name not in lengths:
             continue
         scaled = _scaled(value, factor)
         if scaled != value:

@@ -16,10 +16,11 @@ subset of the original classes.
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -412,7 +413,8 @@ def strong_view(
     return x * scale + low
 
 
-REFERENCES = ("acdc", "acdc_head", "la", "crop", "none")
+ReferenceRecipe = Literal["acdc", "acdc_head", "la", "crop", "none"]
+REFERENCES = typing.get_args(ReferenceRecipe)
 """acdc: SSL4MIS RandomGenerator as published (2D; slices resized to the patch). acdc_head: its June-2025
 HEAD variant (50/50 rot-flip / rotation). la: UA-MT RandomCrop (zero padding) + RandomRotFlip, 2D or 3D.
 crop: the same recipe under its generic name (2D images larger than the patch, e.g. pathology).

@@ -7,17 +7,18 @@ hyper-parameters from its own `Options` dataclass (the `method:` section of the 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from medsemi.data.cases import DatasetInfo
-from medsemi.engine.ema import make_teacher
+from medsemi.engine.ema import ema_update, make_teacher
+from medsemi.methods.options import MethodOptions, check_units
 from medsemi.nets.registry import create_net
 from medsemi.registry import Registry
+from medsemi.typed import ConfigError, typed_fields
 
 
 @dataclass
@@ -74,11 +75,6 @@ class Stage:
     inherit_optimizer: bool = False
 
 
-@dataclass
-class MethodOptions:
-    """Base class of every method's options; subclasses add their hyper-parameters with paper defaults."""
-
-
 class Method(nn.Module):
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     needs_strong_view: ClassVar[bool] = False
@@ -90,7 +86,7 @@ class Method(nn.Module):
 
     def __init__(self, options: MethodOptions, context: MethodContext) -> None:
         super().__init__()
-        check_choices(self.registry_name or type(self).__name__, options)
+        check_options(self.registry_name or type(self).__name__, options)
         self.options = options
         self.context = context
         self.diagnostics: dict[str, float | Tensor] = {}
@@ -159,8 +155,17 @@ class StudentMethod(Method):
         return {"student": self.student}
 
 
+@dataclass(frozen=True)
+class TeacherUpdate:
+    """How one `after_step` moves the EMA teacher: `ema_update`'s decay, buffer averaging and warm-up."""
+
+    decay: float
+    buffers: bool = False
+    warmup: bool = True
+
+
 class StudentTeacherMethod(StudentMethod):
-    """A student plus its EMA `teacher` (a frozen copy that only `after_step` moves)."""
+    """A student plus its EMA `teacher` (a frozen copy that only `after_step` moves, as `teacher_update` says)."""
 
     def __init__(self, options: MethodOptions, context: MethodContext) -> None:
         super().__init__(options, context)
@@ -172,15 +177,24 @@ class StudentTeacherMethod(StudentMethod):
     def ema_teachers(self) -> list[nn.Module]:
         return [self.teacher]
 
+    def teacher_update(self, step: int) -> TeacherUpdate | None:
+        """The EMA update after optimizer step `step`; None leaves the teacher as it is."""
+        raise NotImplementedError
 
-def check_choices(method: str, options: MethodOptions) -> None:
-    """Options typed `Literal[...]` name a variant: a value outside it fails at construction, naming both."""
-    hints = typing.get_type_hints(type(options))
-    for option in dataclasses.fields(options):
-        hint = hints[option.name]
-        value = getattr(options, option.name)
-        if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
-            raise ValueError(f"{method}: {option.name} must be one of {typing.get_args(hint)}, got {value!r}")
+    def after_step(self, step: int) -> None:
+        update = self.teacher_update(step)
+        if update is not None:
+            ema_update(self.teacher, self.student, update.decay, step, buffers=update.buffers, warmup=update.warmup)
+
+
+def check_options(method: str, options: MethodOptions) -> None:
+    """Options built by hand (not from a config) get the config's type checks at construction: a value outside
+    its `Literal`, or of another type, fails naming the method and the option."""
+    values = {option.name: getattr(options, option.name) for option in dataclasses.fields(options)}
+    try:
+        typed_fields(type(options), values, "method.")
+    except ConfigError as error:
+        raise ConfigError(f"{method}: {error}") from error
 
 
 METHODS: Registry[Method] = Registry("method")
@@ -188,6 +202,7 @@ METHODS: Registry[Method] = Registry("method")
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     def decorator(cls: type[Method]) -> type[Method]:
+        check_units(cls.Options)
         cls.registry_name = name
         METHODS.register(name)(cls)
         return cls
@@ -199,13 +214,22 @@ def method_class(name: str) -> type[Method]:
     return METHODS.get(name)  # type: ignore[return-value]
 
 
-def build_options(cls: type[Method], values: dict[str, Any]) -> MethodOptions:
-    """Fill a method's Options from its config section; unknown keys are errors, not silent typos."""
+def method_option_fields(cls: type[Method], values: dict[str, Any]) -> dict[str, Any]:
+    """A method's config section typed by its Options, as the config types every section; unknown keys are
+    errors naming the known ones, not silent typos."""
     known = {f.name for f in dataclasses.fields(cls.Options)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise KeyError(f"method {cls.registry_name!r} has no option(s) {unknown}; known: {sorted(known)}")
-    return cls.Options(**values)
+        raise ConfigError(f"method {cls.registry_name!r} has no option(s) {unknown}; known: {sorted(known)}")
+    try:
+        return typed_fields(cls.Options, values, "method.")
+    except ConfigError as error:
+        raise ConfigError(f"{cls.registry_name}: {error}") from error
+
+
+def build_options(cls: type[Method], values: dict[str, Any]) -> MethodOptions:
+    """A method's Options from its config section (typed and checked by `method_option_fields`)."""
+    return cls.Options(**method_option_fields(cls, values))
 
 
 def create_method(name: str, options: dict[str, Any], context: MethodContext) -> Method:

@@ -10,6 +10,7 @@ the ACDC script for 2D data and the LA script for 3D data (docs/methods/bcp.md l
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,28 +19,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medsemi.data.mixing import Source, box_mask, copy_paste
-from medsemi.engine.ema import ema_update
 from medsemi.eval.postprocess import largest_component_torch
 from medsemi.losses import one_hot, per_sample_dice_loss, soft_dice_loss
-from medsemi.methods.base import Batch, MethodContext, MethodOptions, Stage, StudentTeacherMethod, register_method
-
-DICE_VARIANTS = ("batch_squared_bg_unmasked", "batch_squared", "sample_linear")
-AUTO = {
-    "dice": {2: "batch_squared_bg_unmasked", 3: "sample_linear"},
-    "ema_scope": {2: "state", 3: "parameters"},
-    "pretrain_loss": {2: "regions", 3: "whole"},
-    "selftrain_optimizer": {2: "pretrained", 3: "fresh"},
-}
-CHOICES = {
-    "dice": DICE_VARIANTS,
-    "ema_scope": ("state", "parameters"),
-    "pretrain_loss": ("regions", "whole"),
-    "selftrain_optimizer": ("pretrained", "fresh"),
-}
+from medsemi.methods.base import Batch, MethodContext, Stage, StudentTeacherMethod, TeacherUpdate, register_method
+from medsemi.methods.options import TeacherEMAOptions, iterations
 
 
 @dataclass
-class BCPOptions(MethodOptions):
+class BCPOptions(TeacherEMAOptions):
     """Defaults reproduce the paper's code; "auto" = the ACDC script in 2D, the LA script in 3D.
 
     pretrain_iterations: labeled-only copy-paste stage (ACDC 10k after issue #10; LA 2k; 0 skips it).
@@ -59,17 +46,34 @@ class BCPOptions(MethodOptions):
         pre-trained checkpoint (ACDC `load_net_opt`); "fresh" = a new optimizer (LA).
     """
 
-    pretrain_iterations: int = 10000
+    pretrain_iterations: int = iterations(10000)
     beta: float = 2 / 3
     alpha: float = 0.5
-    ema_decay: float = 0.99
-    ema_scope: str = "auto"
+    ema_scope: Literal["auto", "state", "parameters"] = "auto"
     teacher_mode: Literal["train", "eval"] = "train"
     lcc: bool = True
     threshold: float = 0.5
-    dice: str = "auto"
-    pretrain_loss: str = "auto"
-    selftrain_optimizer: str = "auto"
+    dice: Literal["auto", "batch_squared_bg_unmasked", "batch_squared", "sample_linear"] = "auto"
+    pretrain_loss: Literal["auto", "regions", "whole"] = "auto"
+    selftrain_optimizer: Literal["auto", "pretrained", "fresh"] = "auto"
+
+
+OFFICIAL_SCRIPT_CHOICES = {
+    2: {
+        "dice": "batch_squared_bg_unmasked",
+        "ema_scope": "state",
+        "pretrain_loss": "regions",
+        "selftrain_optimizer": "pretrained",
+    },
+    3: {"dice": "sample_linear", "ema_scope": "parameters", "pretrain_loss": "whole", "selftrain_optimizer": "fresh"},
+}
+"""What "auto" means per spatial dimension: the official ACDC script's choice in 2D, the LA script's in 3D."""
+
+
+def resolve_auto(options: BCPOptions, spatial_dims: int) -> BCPOptions:
+    """The options with every "auto" replaced by the official script's choice for `spatial_dims`."""
+    official = OFFICIAL_SCRIPT_CHOICES[spatial_dims]
+    return dataclasses.replace(options, **{k: v for k, v in official.items() if getattr(options, k) == "auto"})
 
 
 def _halves(x: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -95,17 +99,11 @@ class BCP(StudentTeacherMethod):
 
     def __init__(self, options: BCPOptions, context: MethodContext) -> None:
         super().__init__(options, context)
-        dims = context.info.spatial_dims
-        resolved: dict[str, str] = {}
-        for name, choices in CHOICES.items():
-            value = getattr(options, name)
-            resolved[name] = AUTO[name][dims] if value == "auto" else value
-            if resolved[name] not in choices:
-                raise ValueError(f"bcp: {name}={value!r} is not one of {('auto', *choices)}")
-        self.dice_variant: str = resolved["dice"]
-        self.ema_buffers = resolved["ema_scope"] == "state"
-        self.pretrain_regions = resolved["pretrain_loss"] == "regions"
-        self.inherit_optimizer = resolved["selftrain_optimizer"] == "pretrained"
+        resolved = resolve_auto(options, context.info.spatial_dims)
+        self.dice_variant: str = resolved.dice
+        self.ema_buffers = resolved.ema_scope == "state"
+        self.pretrain_regions = resolved.pretrain_loss == "regions"
+        self.inherit_optimizer = resolved.selftrain_optimizer == "pretrained"
         self.num_classes = context.info.num_classes
         self.selftraining = False
 
@@ -202,6 +200,8 @@ class BCP(StudentTeacherMethod):
         dice = sum(w * d for w, (_, d) in zip(weights, terms, strict=True))
         return (ce + dice) / 2
 
-    def after_step(self, step: int) -> None:
-        if self.selftraining:
-            ema_update(self.teacher, self.student, self.options.ema_decay, step, buffers=self.ema_buffers, warmup=False)
+    def teacher_update(self, step: int) -> TeacherUpdate | None:
+        """A constant decay, self-training only (the teacher starts there from the pre-trained student)."""
+        if not self.selftraining:
+            return None
+        return TeacherUpdate(self.options.ema_decay, buffers=self.ema_buffers, warmup=False)

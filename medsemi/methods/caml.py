@@ -15,13 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medsemi.losses import ce_dice_loss, consistency_weight, soft_dice_loss
-from medsemi.methods.base import Batch, Method, MethodContext, MethodOptions, register_method
+from medsemi.losses import ce_dice_loss, soft_dice_loss
+from medsemi.methods.base import Batch, Method, MethodContext, register_method
+from medsemi.methods.options import ConsistencyRampOptions, epochs
 from medsemi.nets.caml import CAMLNet
 
 
 @dataclass
-class CAMLOptions(MethodOptions):
+class CAMLOptions(ConsistencyRampOptions):
     """Defaults: the official LA 8-scan run (`LA_CAML_8_..._rampup_20.0_...`).
 
     supervised_loss: "foreground_dice" = the official loss (Dice of the foreground channel of a 2-way softmax);
@@ -33,8 +34,7 @@ class CAMLOptions(MethodOptions):
     supervised_weight: float = 0.5
     consistency: float = 1.0
     correlation_weight: float = 0.05
-    rampup_epochs: float = 20.0  # official runs: 40 for 4 labeled scans, 20 for 8, 15 for 16
-    iterations_per_epoch: int = 150
+    rampup_epochs: float = epochs(20.0)  # official runs: 40 for 4 labeled scans, 20 for 8, 15 for 16
     sharpen_temperature: float = 0.1
     memory_slots: int = 8  # official: one slot per labeled case, so data.labeled
     memory_per_class: int = 256
@@ -198,8 +198,8 @@ class CAML(Method):
         correlation = self.omni_correlation(probs, features, batch.label_l)
 
         # The official loop increments its counter before computing the ramp, hence step + 1.
-        weight_c = consistency_weight(step + 1, o.consistency, o.rampup_epochs, o.iterations_per_epoch)
-        weight_o = consistency_weight(step + 1, o.correlation_weight, o.rampup_epochs, o.iterations_per_epoch)
+        weight_c = o.ramped(step + 1)
+        weight_o = o.ramped(step + 1, o.correlation_weight)
         self.log("consistency_weight", weight_c)
         self.log("correlation_weight", weight_o)
         return {

@@ -7,23 +7,24 @@ trained with CE towards the other's hard argmax (no threshold, no CutMix), weigh
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medsemi.losses import ce_dice_loss, consistency_weight
-from medsemi.methods.base import Batch, Method, MethodContext, MethodOptions, register_method
+from medsemi.losses import ce_dice_loss
+from medsemi.methods.base import Batch, Method, MethodContext, register_method
+from medsemi.methods.options import ConsistencyRampOptions
+
+NetName = Literal["net1", "net2"]
 
 
 @dataclass
-class CPSOptions(MethodOptions):
-    consistency: float = 0.1
-    rampup_epochs: float = 200.0
-    iterations_per_epoch: int = 150
-    predictor: str = "net1"
+class CPSOptions(ConsistencyRampOptions):
+    predictor: NetName = "net1"
 
 
 @register_method("cps")
@@ -31,14 +32,10 @@ class CPS(Method):
     """Two networks, each trained with 0.5 (CE + Dice) and towards the other's detached unlabeled argmax."""
 
     Options = CPSOptions
-    net_names: ClassVar[tuple[str, str]] = ("net1", "net2")
+    net_names: ClassVar[tuple[str, ...]] = typing.get_args(NetName)
 
     def __init__(self, options: CPSOptions, context: MethodContext) -> None:
         super().__init__(options, context)
-        if options.predictor not in self.net_names:
-            raise ValueError(
-                f"{self.registry_name}: predictor must be one of {self.net_names}, got {options.predictor!r}"
-            )
         self.nets = nn.ModuleDict(dict(zip(self.net_names, self.build_pair(), strict=True)))
 
     def build_pair(self) -> tuple[nn.Module, nn.Module]:
@@ -54,7 +51,7 @@ class CPS(Method):
         inputs = torch.cat([batch.image_l, batch.image_u])
         logits = {name: net(inputs) for name, net in self.nets.items()}
         pseudo = {name: out[n_l:].detach().argmax(1) for name, out in logits.items()}
-        weight = consistency_weight(step, o.consistency, o.rampup_epochs, o.iterations_per_epoch)
+        weight = o.ramped(step)
         self.log("consistency_weight", weight)
         first, second = self.net_names
         losses = {}

@@ -9,8 +9,9 @@ U-Net is reported, as in the paper.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -18,10 +19,12 @@ from medsemi.losses import soft_dice_loss
 from medsemi.methods.base import register_method
 from medsemi.methods.cps import CPS, CPSOptions
 
+NetName = Literal["cnn", "transformer"]
+
 
 @dataclass
 class CrossTeachingOptions(CPSOptions):
-    predictor: str = "cnn"
+    predictor: NetName = "cnn"
     transformer: str = "swin_unetr"
     transformer_options: dict[str, Any] = field(default_factory=dict)
 
@@ -29,7 +32,7 @@ class CrossTeachingOptions(CPSOptions):
 @register_method("cross_teaching")
 class CrossTeaching(CPS):
     Options = CrossTeachingOptions
-    net_names = ("cnn", "transformer")
+    net_names = typing.get_args(NetName)
     supported_dims = (2,)
 
     def build_pair(self) -> tuple[nn.Module, nn.Module]:

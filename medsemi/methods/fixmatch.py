@@ -1,6 +1,5 @@
 """FixMatch (Sohn et al., NeurIPS 2020) made dense: confidence-masked per-pixel pseudo-labels, weak -> strong.
 
-The pseudo-label helpers here are shared by the other weak/strong methods (semivit, semiformer).
 The SSL4MIS FixMatch scripts are not the reference (ssl4mis.md §2.1): their "threshold" zeroes the
 unconfident probabilities before the argmax, so unconfident pixels are trained towards a class instead of
 being ignored. Here an unconfident pixel contributes nothing, and the masked loss is divided by the number
@@ -9,58 +8,15 @@ of all pixels (vit_ssl.md §3.1), so images with few confident pixels weigh less
 
 from __future__ import annotations
 
-import typing
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from medsemi.losses import ce_dice_loss, masked_cross_entropy, soft_dice_loss
+from medsemi.losses import ce_dice_loss
 from medsemi.methods.base import Batch, MethodContext, MethodOptions, StudentMethod, register_method
-
-PseudoLoss = Literal["ce", "ce_dice"]
-PSEUDO_LOSSES = typing.get_args(PseudoLoss)
-
-
-@contextmanager
-def eval_mode(module: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
-    """Run `module` in eval mode (BN running statistics, no dropout) and restore its mode afterwards."""
-    was_training = module.training
-    if enabled:
-        module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
-
-
-def confident_labels(logits: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-pixel (argmax class, max softmax probability) of detached logits."""
-    confidence, labels = logits.detach().float().softmax(1).max(1)
-    return labels, confidence
-
-
-def strong_view(batch: Batch) -> Tensor:
-    if batch.image_u_strong is None:
-        raise ValueError("this method needs batch.image_u_strong (the stream's strong view) but it is missing")
-    return batch.image_u_strong
-
-
-def pseudo_label_loss(logits: Tensor, labels: Tensor, mask: Tensor, kind: str = "ce") -> Tensor:
-    """Masked loss to hard pseudo-labels, normalised by all pixels.
-
-    "ce": FixMatch's masked CE. "ce_dice": 0.5 * (masked CE + Dice over the confident pixels), the
-    UniMatch ACDC loss (masked pixels are removed from both prediction and target of the Dice).
-    """
-    ce = masked_cross_entropy(logits, labels, mask)
-    if kind == "ce":
-        return ce
-    if kind == "ce_dice":
-        return 0.5 * (ce + soft_dice_loss(logits.softmax(1), labels, mask))
-    raise ValueError(f"unknown pseudo-label loss {kind!r}; known: {PSEUDO_LOSSES}")
+from medsemi.methods.pseudo_labels import PseudoLoss, confident_labels, pseudo_label_loss, strong_images
 
 
 def random_dihedral(batch_size: int, square: bool) -> tuple[Tensor, Tensor]:
@@ -105,7 +61,7 @@ class FixMatch(StudentMethod):
     def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
         o = self.options
         n_l, n_u = batch.image_l.shape[0], batch.image_u.shape[0]
-        strong = strong_view(batch)
+        strong = strong_images(batch)
         if o.strong_geometry == "dihedral":
             k, flip = random_dihedral(n_u, strong.shape[-1] == strong.shape[-2])
             strong = apply_dihedral(strong, k, flip)

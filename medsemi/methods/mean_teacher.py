@@ -7,18 +7,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from medsemi.engine.ema import ema_update
-from medsemi.losses import ce_dice_loss, consistency_weight
-from medsemi.methods.base import Batch, MethodOptions, StudentTeacherMethod, register_method
+from medsemi.losses import ce_dice_loss
+from medsemi.methods.base import Batch, StudentTeacherMethod, TeacherUpdate, register_method
+from medsemi.methods.options import ConsistencyRampOptions, TeacherEMAOptions, iterations
 
 
 @dataclass
-class MeanTeacherOptions(MethodOptions):
-    ema_decay: float = 0.99
-    consistency: float = 0.1
-    rampup_epochs: float = 200.0
-    iterations_per_epoch: int = 150
-    consistency_start: int = 1000
+class MeanTeacherOptions(ConsistencyRampOptions, TeacherEMAOptions):
+    consistency_start: int = iterations(1000)
     teacher_noise_std: float = 0.1
     teacher_noise_clip: float = 0.2
     ema_buffers: bool = False
@@ -43,13 +39,12 @@ class MeanTeacher(StudentTeacherMethod):
         with torch.no_grad():
             teacher_probs = self.teacher(batch.image_u + noise).softmax(1)
         consistency = torch.mean((logits[n_labeled:].softmax(1) - teacher_probs) ** 2)
-        weight = consistency_weight(step, o.consistency, o.rampup_epochs, o.iterations_per_epoch)
-        weight = weight if step >= o.consistency_start else 0.0
+        weight = o.ramped(step) if step >= o.consistency_start else 0.0
         self.log("consistency_weight", weight)
         return {
             "supervised": ce_dice_loss(logits[:n_labeled], batch.label_l),
             "consistency": weight * consistency,
         }
 
-    def after_step(self, step: int) -> None:
-        ema_update(self.teacher, self.student, self.options.ema_decay, step, buffers=self.options.ema_buffers)
+    def teacher_update(self, step: int) -> TeacherUpdate:
+        return TeacherUpdate(self.options.ema_decay, buffers=self.options.ema_buffers)

@@ -16,13 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medsemi.losses import consistency_weight, one_hot, soft_dice_loss
-from medsemi.methods.base import Batch, MethodContext, MethodOptions, StudentMethod, register_method
+from medsemi.losses import one_hot, soft_dice_loss
+from medsemi.methods.base import Batch, MethodContext, StudentMethod, register_method
+from medsemi.methods.options import ConsistencyRampOptions, epochs
 from medsemi.methods.prototypes import prototype_predictions
 
 
 @dataclass
-class SCPOptions(MethodOptions):
+class SCPOptions(ConsistencyRampOptions):
     """Defaults of the released SCPNettrain.py; `cross_weight` and `dice` default to the paper's description.
 
     cross_weight: "agreement" weights CPCC by 1 - H(votes)/log C (reliable where the prototype sets agree);
@@ -30,9 +31,7 @@ class SCPOptions(MethodOptions):
     dice: "standard" 1 - 2|PY|/(|P|^2+|Y|^2); "code" the released DiceLoss without the factor 2.
     """
 
-    consistency: float = 0.1
-    rampup_epochs: float = 1000.0
-    iterations_per_epoch: int = 150
+    rampup_epochs: float = epochs(1000.0)
     cross_weight: Literal["agreement", "disagreement"] = "agreement"
     dice: Literal["standard", "code"] = "standard"
 
@@ -76,7 +75,7 @@ class SCP(StudentMethod):
         self_consistency = torch.mean((self_probs - probs) ** 2)
         cross_consistency = torch.mean(pixel_weight * (proto.cross_probs - probs) ** 2)
 
-        weight = consistency_weight(step, o.consistency, o.rampup_epochs, o.iterations_per_epoch)
+        weight = o.ramped(step)
         self.log("consistency_weight", weight)
         self.log("prototype_agreement", proto.agreement.mean())
         return {

@@ -20,13 +20,7 @@ from torch import Tensor, nn
 
 from medsemi.losses import ce_dice_loss
 from medsemi.methods.base import Batch, Method, MethodContext, MethodOptions, register_method
-from medsemi.methods.fixmatch import (
-    PseudoLoss,
-    confident_labels,
-    eval_mode,
-    pseudo_label_loss,
-    strong_view,
-)
+from medsemi.methods.pseudo_labels import PseudoLoss, confident_labels, eval_mode, pseudo_label_loss, strong_images
 from medsemi.nets.dual_stream import DualStreamNet
 
 LabelSource = Literal["cnn", "transformer", "cross", "agree", "more_confident"]
@@ -114,7 +108,7 @@ class Semiformer(Method):
         o = self.options
         n_l = batch.image_l.shape[0]
         semi = step >= self.burnin
-        inputs = torch.cat([batch.image_l, strong_view(batch)]) if semi else batch.image_l
+        inputs = torch.cat([batch.image_l, strong_images(batch)]) if semi else batch.image_l
         (cnn_logits, _), (token_logits, _) = self.net.forward_streams(inputs)
         losses = {
             "supervised_cnn": ce_dice_loss(cnn_logits[:n_l], batch.label_l),

@@ -22,10 +22,10 @@ import torch
 from torch import Tensor
 
 from medsemi.data.mixing import box_mask, paste
-from medsemi.engine.ema import ema_update
 from medsemi.losses import ce_dice_loss, masked_cross_entropy, one_hot
-from medsemi.methods.base import Batch, MethodContext, MethodOptions, Stage, StudentTeacherMethod, register_method
-from medsemi.methods.fixmatch import confident_labels, eval_mode, strong_view
+from medsemi.methods.base import Batch, MethodContext, Stage, StudentTeacherMethod, TeacherUpdate, register_method
+from medsemi.methods.options import TeacherEMAOptions, iterations
+from medsemi.methods.pseudo_labels import confident_labels, eval_mode, strong_images
 
 MixupMode = Literal["cutmix", "pixel_mixup", "none"]
 MIXUP_MODES = typing.get_args(MixupMode)
@@ -95,8 +95,7 @@ def soft_cross_entropy(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 
 
 @dataclass
-class SemiViTOptions(MethodOptions):
-    ema_decay: float = 0.99
+class SemiViTOptions(TeacherEMAOptions):
     ema_warmup: bool = True
     ema_buffers: bool = True
     teacher_eval_mode: bool = True
@@ -104,7 +103,7 @@ class SemiViTOptions(MethodOptions):
     unsup_weight: float = 1.0
     pseudo_mixup: MixupMode = "cutmix"
     label_smoothing: float = 0.1
-    warmstart_iterations: int = 0
+    warmstart_iterations: int = iterations(0)
 
 
 @register_method("semivit")
@@ -141,7 +140,7 @@ class SemiViT(StudentTeacherMethod):
             return {"supervised": ce_dice_loss(self.student(batch.image_l), batch.label_l)}
         with torch.no_grad(), eval_mode(self.teacher, o.teacher_eval_mode):
             labels, confidence = confident_labels(self.teacher(batch.image_u))
-        strong, target = strong_view(batch), None
+        strong, target = strong_images(batch), None
         if o.pseudo_mixup != "none":
             num_classes = self.context.info.num_classes
             mix = probabilistic_pseudo_mixup(
@@ -161,6 +160,6 @@ class SemiViT(StudentTeacherMethod):
             "unsupervised": o.unsup_weight * unsup,
         }
 
-    def after_step(self, step: int) -> None:
+    def teacher_update(self, step: int) -> TeacherUpdate:
         o = self.options
-        ema_update(self.teacher, self.student, o.ema_decay, step, buffers=o.ema_buffers, warmup=o.ema_warmup)
+        return TeacherUpdate(o.ema_decay, buffers=o.ema_buffers, warmup=o.ema_warmup)

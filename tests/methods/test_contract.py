@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 
+from medsemi.bench.method_pages import options_section, page_options_block
+from medsemi.config import load_config
 from medsemi.data.cases import DatasetInfo
 from medsemi.methods import Batch, Method, MethodContext, create_method, list_methods
 from medsemi.methods.base import NetSpec, method_class
@@ -97,3 +101,35 @@ def test_unlabeled_loss_reaches_the_trained_networks(name: str) -> None:
     sum(unsupervised).backward()
     grads = [p.grad for m in method.optimised_modules().values() for p in m.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads), f"{name}: unsupervised loss sends no gradient"
+
+
+REPO = Path(__file__).resolve().parents[2]
+WITHOUT_ACDC_CONFIG: dict[str, str] = {}
+"""Methods that cannot train on ACDC, each with the reason (none today)."""
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_method_has_an_acdc_config_and_a_page_listing_its_options(name: str) -> None:
+    if name not in WITHOUT_ACDC_CONFIG:
+        config = load_config(REPO / f"configs/acdc/{name}.yaml")
+        assert config.method_name == name
+    page = REPO / f"docs/methods/{name}.md"
+    assert page.is_file(), f"{page}: every method has a page (docs/how-to/add-a-method.md)"
+    block = page_options_block(page.read_text())
+    assert block == options_section(name), (
+        f"{page}: option table stale; run `python benchmarks/method_pages.py --options`"
+    )
+    for option in dataclasses.fields(method_class(name).Options):
+        assert f"| `{option.name}` |" in block
+
+
+def test_no_method_imports_from_another_method() -> None:
+    """Shared building blocks live in modules of their own (pseudo_labels.py, options.py), not in a sibling method."""
+    folder = REPO / "medsemi/methods"
+    methods = {path.stem for path in folder.glob("*.py")} & set(list_methods())
+    for path in folder.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        siblings = {module.rsplit(".", 1)[-1] for module in imported if module.startswith("medsemi.methods.")}
+        allowed = {"cps"} if path.stem == "cross_teaching" else set()  # cross teaching is CPS with a transformer
+        assert not (siblings & methods) - allowed, f"{path.name} imports from {sorted(siblings & methods)}"

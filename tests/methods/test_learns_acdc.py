@@ -21,7 +21,7 @@ from medsemi.engine.step import OptimisationStep
 from medsemi.engine.trainer import build_optimizer
 from medsemi.methods import Batch, Method, MethodContext, create_method
 from medsemi.methods.base import NetSpec
-from medsemi.methods.fixmatch import confident_labels, eval_mode
+from medsemi.methods.pseudo_labels import confident_labels, eval_mode
 
 REPO = Path(__file__).resolve().parents[2]
 PATCH = 64
