@@ -111,7 +111,9 @@ def test_choices_name_the_allowed_values() -> None:
         load_config(bcp, ["optim.name=lbfgs"])
     with pytest.raises(ConfigError, match=re.escape("optim.overrides.net.schedule must be one of")):
         load_config(bcp, ["optim.overrides={net: {schedule: cosine}}"])
-    with pytest.raises(ConfigError, match=re.escape("data.augment must be one of acdc, acdc_head, la, crop, none or a mapping")):
+    with pytest.raises(
+        ConfigError, match=re.escape("data.augment must be one of acdc, acdc_head, la, crop, none or a mapping")
+    ):
         load_config(bcp, ["data.augment=flip"])
 
 

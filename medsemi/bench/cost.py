@@ -29,8 +29,9 @@ from medsemi.bench.grid import BenchSpec, RunSpec, plan
 from medsemi.bench.throughput import describe_device, time_steps
 from medsemi.config import load_config
 from medsemi.engine.checkpoint import atomic_write_text
+from medsemi.engine.optim import build_optimizer
 from medsemi.engine.step import OptimisationStep
-from medsemi.engine.trainer import Trainer, build_optimizer
+from medsemi.engine.trainer import Trainer
 from medsemi.tables import markdown_table
 
 

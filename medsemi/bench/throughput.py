@@ -40,8 +40,9 @@ from medsemi.data.splits import Split, make_split
 from medsemi.data.stream import BatchStream
 from medsemi.engine.checkpoint import atomic_write_text
 from medsemi.engine.device import resolve_device
+from medsemi.engine.optim import build_optimizer
 from medsemi.engine.step import OptimisationStep
-from medsemi.engine.trainer import build_optimizer, seed_everything
+from medsemi.engine.trainer import seed_everything
 from medsemi.methods import Batch, Method, MethodContext, create_method
 from medsemi.methods.base import NetSpec
 from medsemi.tables import markdown_table

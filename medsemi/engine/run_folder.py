@@ -13,6 +13,7 @@ deletes a folder only when nothing in it is foreign, and `train --resume` contin
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 LEFTOVER = r"\..+\.tmp"
@@ -43,3 +44,33 @@ def foreign_entries(run_dir: Path) -> list[Path]:
         elif not (entry.is_file() and (entry.name in FILES or re.fullmatch(LEFTOVER, entry.name))):
             foreign.append(entry)
     return foreign
+
+
+class RunExistsError(FileExistsError):
+    pass
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to write into another run's folder unless asked to resume it or to replace it, and refuse both
+    for a folder that holds anything medsemi does not write (medsemi.engine.run_folder): never delete or
+    continue someone else's files."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunExistsError(f"{run_dir}: run.dir names a file, not a folder")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        foreign = foreign_entries(run_dir)
+        if foreign:
+            names = ", ".join(str(path.relative_to(run_dir)) for path in foreign[:5])
+            raise RunExistsError(
+                f"{run_dir} is not a medsemi run folder (it holds {names}{', ...' if len(foreign) > 5 else ''}); "
+                "medsemi neither resumes nor replaces it: choose another run.dir"
+            )
+        if resume:
+            for stale in run_dir.glob("**/.*.tmp"):  # a write killed before its rename
+                stale.unlink()
+            return
+        if not overwrite:
+            raise RunExistsError(
+                f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import math
 import random
-import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -29,7 +28,8 @@ from medsemi.engine.checkpoint import (
     save_checkpoint,
 )
 from medsemi.engine.device import resolve_device
-from medsemi.engine.run_folder import foreign_entries
+from medsemi.engine.optim import build_optimizer, set_learning_rates
+from medsemi.engine.run_folder import prepare_run_dir
 from medsemi.engine.step import OptimisationStep
 from medsemi.engine.training_log import TrainingLog
 from medsemi.eval.evaluate import evaluate_cases, mean_dice
@@ -37,10 +37,6 @@ from medsemi.eval.figures import plot_learning_curves
 from medsemi.methods import Method, MethodContext, create_method
 from medsemi.methods.base import NetSpec, Stage
 from medsemi.progress import progress, say
-
-
-class RunExistsError(FileExistsError):
-    pass
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -51,58 +47,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to write into another run's folder unless asked to resume it or to replace it, and refuse both
-    for a folder that holds anything medsemi does not write (medsemi.engine.run_folder): never delete or
-    continue someone else's files."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunExistsError(f"{run_dir}: run.dir names a file, not a folder")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        foreign = foreign_entries(run_dir)
-        if foreign:
-            names = ", ".join(str(path.relative_to(run_dir)) for path in foreign[:5])
-            raise RunExistsError(
-                f"{run_dir} is not a medsemi run folder (it holds {names}{', ...' if len(foreign) > 5 else ''}); "
-                "medsemi neither resumes nor replaces it: choose another run.dir"
-            )
-        if resume:
-            for stale in run_dir.glob("**/.*.tmp"):  # a write killed before its rename
-                stale.unlink()
-            return
-        if not overwrite:
-            raise RunExistsError(
-                f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def build_optimizer(module: nn.Module, settings: dict[str, Any]) -> torch.optim.Optimizer:
-    params = [p for p in module.parameters() if p.requires_grad]
-    name = settings["name"]
-    if name == "sgd":
-        return torch.optim.SGD(
-            params, lr=settings["lr"], momentum=settings["momentum"], weight_decay=settings["weight_decay"]
-        )
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=settings["lr"], weight_decay=settings["weight_decay"])
-    if name == "adam":
-        return torch.optim.Adam(params, lr=settings["lr"], weight_decay=settings["weight_decay"])
-    raise ValueError(f"optim.name {name!r} is not one of sgd, adam, adamw")
-
-
-def learning_rate(settings: dict[str, Any], step: int, iterations: int) -> float:
-    """poly: lr (1 - t/T)^power (SSL4MIS); step: lr gamma^(t // every) (BCP on LA); constant."""
-    base, schedule = settings["lr"], settings["schedule"]
-    if schedule == "poly":
-        return base * (1.0 - step / iterations) ** settings["poly_power"]
-    if schedule == "step":
-        return base * settings["step_gamma"] ** (step // settings["step_every"])
-    if schedule == "constant":
-        return base
-    raise ValueError(f"optim.schedule {schedule!r} is not one of poly, step, constant")
 
 
 @dataclass
@@ -340,7 +284,7 @@ class Trainer:
         writer = _tensorboard(self.run_dir) if self.dist.is_main else None
         while self.state.step < stage.iterations:
             step = self.state.step
-            _set_learning_rates(optimizers, settings, step, stage.iterations)
+            set_learning_rates(optimizers, settings, step, stage.iterations)
             losses = optimisation.losses(self.stream.batch(self.state.global_step), step)
             total = sum(losses.values())
             values, diagnostics = self._synced_values(total, losses)
@@ -462,14 +406,6 @@ class Trainer:
         else:
             self.state.finished = True
         self._save_last(optimizers, stage_end=True)
-
-
-def _set_learning_rates(
-    optimizers: dict[str, torch.optim.Optimizer], settings: dict[str, dict[str, Any]], step: int, iterations: int
-) -> None:
-    for name, optimizer in optimizers.items():
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(settings[name], step, iterations)
 
 
 PLOT_EVERY_S = 30.0

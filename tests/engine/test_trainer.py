@@ -13,7 +13,9 @@ import torch
 
 from medsemi.config import load_config
 from medsemi.engine.checkpoint import load_checkpoint, save_checkpoint
-from medsemi.engine.trainer import NonFiniteLossError, RunExistsError, Trainer, learning_rate, train
+from medsemi.engine.optim import learning_rate
+from medsemi.engine.run_folder import RunExistsError
+from medsemi.engine.trainer import NonFiniteLossError, Trainer, train
 from medsemi.engine.training_log import LOG_ROWS, read_rows
 from medsemi.eval.evaluate import evaluate_run
 from medsemi.methods.mean_teacher import MeanTeacher

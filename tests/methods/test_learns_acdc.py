@@ -17,8 +17,8 @@ import torch
 from medsemi.config import load_config
 from medsemi.data.splits import load_split
 from medsemi.data.stream import BatchStream
+from medsemi.engine.optim import build_optimizer
 from medsemi.engine.step import OptimisationStep
-from medsemi.engine.trainer import build_optimizer
 from medsemi.methods import Batch, Method, MethodContext, create_method
 from medsemi.methods.base import NetSpec
 from medsemi.methods.pseudo_labels import confident_labels, eval_mode
