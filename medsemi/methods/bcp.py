@@ -60,14 +60,15 @@ class BCPOptions(TeacherEMAOptions):
 
 OFFICIAL_SCRIPT_CHOICES = {
     2: {
-        "dice": "batch_squared_bg_unmasked",
+        "dice": "batch_squared",
         "ema_scope": "state",
         "pretrain_loss": "regions",
         "selftrain_optimizer": "pretrained",
     },
     3: {"dice": "sample_linear", "ema_scope": "parameters", "pretrain_loss": "whole", "selftrain_optimizer": "fresh"},
 }
-"""What "auto" means per spatial dimension: the official ACDC script's choice in 2D, the LA script's in 3D."""
+"""What "auto" means per spatial dimension: the official ACDC script's choice in 2D (at HEAD, after the Dice fix of
+issue #25), the LA script's in 3D."""
 
 
 def resolve_auto(options: BCPOptions, spatial_dims: int) -> BCPOptions:

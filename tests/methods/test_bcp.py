@@ -145,7 +145,7 @@ def test_pretrain_loss_equals_the_official_one(
     assert torch.equal(base.image, batch.image_l[:2]) and torch.equal(patch.image, batch.image_l[2:])
     output = method.student(mixed.image)
     if dims == 2:  # ACDC: mix_loss(out, lab_a, lab_b, loss_mask, u_weight=1.0, unlab=True)
-        dice = OFFICIAL_DICE["batch_squared_bg_unmasked"]
+        dice = OFFICIAL_DICE["batch_squared"]  # 2D auto: the official HEAD (#25 fixed)
         reference = official_mix_loss(output, base.target, patch.target, mixed.base_region, dice, 1.0, unlab=True)
     else:  # LA: (CE + mask_DiceLoss) / 2 on the mixed label
         reference = (
@@ -312,7 +312,7 @@ def test_ema_has_constant_decay_from_the_first_step(scope: str, buffers_follow: 
 def test_auto_options_follow_the_acdc_script_in_2d_and_the_la_script_in_3d() -> None:
     acdc, la = _bcp(2, 4), _bcp(3, 2)
     assert (acdc.dice_variant, acdc.ema_buffers, acdc.pretrain_regions) == (
-        "batch_squared_bg_unmasked",
+        "batch_squared",
         True,
         True,
     )
