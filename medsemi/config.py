@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import yaml
 
-from medsemi.typed import ConfigError, coerce
+from medsemi.typed import ConfigError, coerce, typed_fields
 
 
 @dataclass
@@ -178,9 +178,7 @@ def _optim_overrides(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
         unknown = sorted(set(settings) - set(known))
         if unknown:
             raise ConfigError(f"unknown optim.overrides.{module} key(s) {unknown}; known: {known}")
-        typed[module] = {
-            key: coerce(value, hints[key], f"optim.overrides.{module}.{key}") for key, value in settings.items()
-        }
+        typed[module] = typed_fields(OptimConfig, settings, f"optim.overrides.{module}.")
     return typed
 
 

@@ -324,13 +324,15 @@ class Trainer:
         """Fresh optimizers, with the state of the checkpoint resumed from (mid-stage) or of the previous
         stage's best checkpoint (`stage.inherit_optimizer`)."""
         optimizers = {name: build_optimizer(module, settings[name]) for name, module in modules.items()}
-        resuming = self.state.step > 0
-        pending = self._pending_optimizers
-        if not resuming and stage.inherit_optimizer and previous is not None:
-            pending = previous["optimizers"]
-        if pending and (resuming or stage.inherit_optimizer):
+        if self.state.step > 0:
+            source = self._pending_optimizers
+        elif stage.inherit_optimizer and previous is not None:
+            source = previous["optimizers"]
+        else:
+            source = None
+        if source:
             for name, optimizer in optimizers.items():
-                optimizer.load_state_dict(pending[name])
+                optimizer.load_state_dict(source[name])
         self._pending_optimizers = None
         return optimizers
 

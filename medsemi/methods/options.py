@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from medsemi.losses import consistency_weight
+from medsemi.tables import markdown_table
 from medsemi.typed import type_name
 
 Unit = Literal["iterations", "epochs", "iterations/epoch"]
@@ -105,16 +106,15 @@ def options_markdown(options: type[MethodOptions]) -> list[str]:
     rows = option_rows(options)
     if not rows:
         return ["This method has no options."]
-    lines = [
+    intro = [
         "Set under `method:` in the config or as `method.<option>=<value>`; the bench scales the options with a unit",
         "when a protocol shortens the run. `medsemi list --options` prints the same table.",
         "",
-        "| option | type | default | unit |",
-        "|---|---|---|---|",
     ]
-    for row in rows:
-        lines.append(f"| `{row.name}` | `{row.type.replace('|', chr(92) + '|')}` | `{row.default}` | {row.unit} |")
-    return lines
+    body = [
+        (f"`{row.name}`", f"`{row.type.replace('|', chr(92) + '|')}`", f"`{row.default}`", row.unit) for row in rows
+    ]
+    return intro + markdown_table(("option", "type", "default", "unit"), body)
 
 
 def options_text(options: type[MethodOptions]) -> list[str]:
