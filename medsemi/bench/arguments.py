@@ -7,7 +7,7 @@ import argparse
 BENCH_EPILOG = """\
 examples:
   medsemi bench --protocol quick --methods supervised,mean_teacher,bcp --budgets 3,7 --seeds 1,2,3 \\
-      --out runs/bench/quick                      # re-run the same line to resume an interrupted bench
+      --out runs/bench/quick --jobs 2             # re-run the same line to resume an interrupted bench
   medsemi bench --protocol paper --methods bcp --budgets 3 --seeds 1 --out runs/bench/paper train.amp=true
   medsemi bench --protocol quick --methods supervised,bcp --cost   # projected minutes per run, no training
   medsemi bench --protocol quick_la --methods supervised,bcp --budgets 4 --seeds 1,2,3
@@ -36,6 +36,12 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
         help="bench: config folder configs/<dataset> (acdc, la; default the protocol's first dataset); "
         "throughput: acdc or synthetic2d (default acdc when --root exists)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads; bench: per run (default: the usable cores // --jobs); throughput: torch's choice",
+    )
 
 
 def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +58,6 @@ def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--amp", action="store_true", help="also measure the fast path with autocast")
     group.add_argument("--channels-last", action="store_true", help="also measure the fast path channels-last")
     group.add_argument("--repeats", type=int, default=1, help="interleaved repeats; the median is reported")
-    group.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +76,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--report-only", action="store_true", help="write the leaderboard of the finished runs; train nothing"
     )
     grid.add_argument("--in-process", action="store_true", help="train in this process (no per-run peak host memory)")
+    grid.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained side by side, each in its own process with --threads threads (default 1)",
+    )
     grid.add_argument("overrides", nargs="*", help="key=value overrides for every run, after the protocol's")
     grid.add_argument(
         "--cost",

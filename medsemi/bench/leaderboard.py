@@ -110,6 +110,7 @@ def run_cost(run_dir: Path) -> dict[str, Any]:
         "peak_rss_mb": peak("peak_rss_mb"),
         "peak_cuda_mb": peak("peak_cuda_mb"),
         "device": attempts[-1]["device"] if attempts else "",
+        "threads": trained[-1].get("threads") if trained else None,
         "attempts": len(attempts),
     }
 
@@ -371,7 +372,9 @@ def _markdown(
         "",
         "Train time: wall-clock seconds of training (data loading and validation included; summed over "
         "resumed attempts). Peak RSS: the training process's maximum resident set size (each run trains in "
-        "its own process; '-' when runs shared one). Peak CUDA: torch.cuda.max_memory_allocated.",
+        "its own process; '-' when runs shared one). Peak CUDA: torch.cuda.max_memory_allocated. Threads: the "
+        "run's torch threads ('-': not recorded); runs trained side by side (`--jobs`) share the cores, so "
+        "their train times are not timings of a run alone.",
         "",
     ]
     body = [
@@ -386,6 +389,7 @@ def _markdown(
             _fmt(r.cost.get("peak_rss_mb")),
             _fmt(r.cost.get("peak_cuda_mb")),
             r.cost.get("device", ""),
+            _fmt(r.cost.get("threads")),
             "-" if r.best_step is None else str(r.best_step),
             "-" if r.best_val_dice is None else f"{100 * r.best_val_dice:.1f}",
         ]
@@ -402,6 +406,7 @@ def _markdown(
         "peak RSS MiB",
         "peak CUDA MiB",
         "device",
+        "threads",
         "best step",
         "best val Dice %",
     ]
@@ -461,6 +466,7 @@ RUN_COLUMNS = (
     "peak_rss_mb",
     "peak_cuda_mb",
     "device",
+    "threads",
     "best_step",
     "best_val_dice",
     "run_dir",
@@ -478,6 +484,7 @@ def _run_rows(results: list[RunResult], protocol: str) -> list[dict[str, Any]]:
             "iterations": r.iterations,
             **{key: r.cost.get(key) for key in ("train_wall_s", "eval_wall_s", "peak_rss_mb", "peak_cuda_mb")},
             "device": r.cost.get("device", ""),
+            "threads": r.cost.get("threads"),
             "best_step": r.best_step,
             "best_val_dice": r.best_val_dice,
             "run_dir": str(r.run.run_dir),

@@ -4,20 +4,26 @@ Layout: <out>/<method>/labeled_<budget>/seed_<seed>/ (config.yaml, log.csv, chec
 bench.log). A run that is complete (finished, costed, evaluated) is reused as it is; an unfinished one is
 resumed from its last checkpoint; a folder whose saved config differs from what the bench would run is an
 error (a leaderboard never mixes settings). Each run trains in its own Python process by default, so its
-peak memory can be read (see medsemi.bench.worker); runs are sequential.
+peak memory can be read (see medsemi.bench.worker). `jobs` runs train side by side, each process limited to
+`threads` torch/OpenMP threads, so that they never oversubscribe the cores (on 2 cores, two runs of 2 threads
+each step 6x slower than one run alone).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from medsemi.bench.cost import measure_costs, write_costs
 from medsemi.bench.grid import BenchError, BenchSpec, RunSpec, plan
@@ -58,20 +64,35 @@ def check_existing(run: RunSpec) -> None:
         )
 
 
-def _train_isolated(run: RunSpec, test_limit: int | None) -> None:
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_per_run(jobs: int, threads: int | None) -> int:
+    if jobs < 1:
+        raise BenchError(f"--jobs must be at least 1, got {jobs}")
+    if threads is not None and threads < 1:
+        raise BenchError(f"--threads must be at least 1, got {threads}")
+    return threads or max(1, usable_cores() // jobs)
+
+
+def _train_isolated(run: RunSpec, test_limit: int | None, threads: int) -> None:
     command = [sys.executable, "-m", "medsemi.bench.worker", str(run.base_config), *run.overrides]
+    command += ["--threads", str(threads)]
     if test_limit is not None:
         command += ["--test-limit", str(test_limit)]
+    environment = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with open(run.run_dir / "bench.log", "a") as log:
-        status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+        status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment).returncode
     if status != 0:
         tail = (run.run_dir / "bench.log").read_text().strip().splitlines()[-1:]
         raise RuntimeError(f"worker exited with status {status}: {' '.join(tail)}")
 
 
-def _train_in_process(run: RunSpec, test_limit: int | None) -> None:
+def _train_in_process(run: RunSpec, test_limit: int | None, threads: int) -> None:
     try:
-        execute(run.config(), test_limit, isolated=False)
+        execute(run.config(), test_limit, isolated=False, threads=threads)
     except Exception:
         with open(run.run_dir / "bench.log", "a") as log:
             log.write(traceback.format_exc())
@@ -79,36 +100,71 @@ def _train_in_process(run: RunSpec, test_limit: int | None) -> None:
 
 
 def run_bench(
-    spec: BenchSpec, *, isolate: bool = True, train: bool = True, report: Callable[[str], None] = print
+    spec: BenchSpec,
+    *,
+    isolate: bool = True,
+    train: bool = True,
+    jobs: int = 1,
+    threads: int | None = None,
+    report: Callable[[str], None] = print,
 ) -> BenchOutcome:
     """Train/evaluate what is missing (nothing with `train=False`: the tables of the finished runs, the others
-    listed as incomplete), then write the leaderboard (tables, CSVs, plots) into spec.out."""
+    listed as incomplete), then write the leaderboard (tables, CSVs, plots) into spec.out.
+
+    jobs: runs trained at once (isolated processes only); threads: per run, default the usable cores // jobs.
+    """
+    if jobs > 1 and not isolate:
+        raise BenchError("--jobs above 1 needs isolated runs (drop --in-process)")
+    run_threads = threads_per_run(jobs, threads) if isolate else threads or torch.get_num_threads()
     runs = plan(spec)
     outcome = BenchOutcome(runs)
     for run in runs:
         check_existing(run)
     atomic_write_text(Path(spec.out) / "bench.json", json.dumps(spec.describe(), indent=1) + "\n")
+    pending: list[tuple[str, RunSpec]] = []
     for index, run in enumerate(runs, 1):
         name = f"[{index}/{len(runs)}] {run.method} labeled={run.budget} seed={run.seed}"
         if is_complete(run.run_dir, spec.test_limit):
             outcome.reused.append(run.run_dir)
             report(f"{name}: complete, reused ({run.run_dir})")
-            continue
-        if not train:
+        elif not train:
             report(f"{name}: not finished, left out (--report-only)")
-            continue
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        report(f"{name}: running in {run.run_dir}")
-        start = time.perf_counter()
-        try:
-            (_train_isolated if isolate else _train_in_process)(run, spec.test_limit)
-        except Exception as error:  # one broken run must not lose the others' results
-            outcome.failed[run.run_dir] = str(error)
-            report(f"{name}: FAILED ({error}); see {run.run_dir / 'bench.log'}")
         else:
-            outcome.trained.append(run.run_dir)
-            report(f"{name}: done in {time.perf_counter() - start:.0f} s")
-        write_leaderboard(spec, runs, outcome.failed)  # partial tables while a long bench runs
+            pending.append((name, run))
+    trainer = _train_isolated if isolate else _train_in_process
+
+    def train_one(name: str, run: RunSpec) -> float:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        report(f"{name}: running in {run.run_dir} ({run_threads} threads)")
+        began = time.perf_counter()
+        trainer(run, spec.test_limit, run_threads)
+        return time.perf_counter() - began
+
+    queue = iter(pending)
+    running: dict[Future[float], tuple[str, RunSpec]] = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+
+        def submit_next() -> None:
+            following = next(queue, None)
+            if following is not None:
+                running[pool.submit(train_one, *following)] = following
+
+        for _ in range(jobs):
+            submit_next()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                name, run = running.pop(future)
+                try:
+                    elapsed = future.result()
+                except Exception as error:  # one broken run must not lose the others' results
+                    outcome.failed[run.run_dir] = str(error)
+                    report(f"{name}: FAILED ({error}); see {run.run_dir / 'bench.log'}")
+                else:
+                    outcome.trained.append(run.run_dir)
+                    report(f"{name}: done in {elapsed:.0f} s")
+                submit_next()
+            write_leaderboard(spec, runs, outcome.failed)  # partial tables while a long bench runs
     outcome.files = write_leaderboard(spec, runs, outcome.failed)
     return outcome
 
@@ -141,7 +197,9 @@ def run_from_args(args: Any) -> int:
         for path in write_costs(spec, costs, args.timed_steps, args.warmup):
             print(f"written: {path}")
         return 0
-    outcome = run_bench(spec, isolate=not args.in_process, train=not args.report_only)
+    outcome = run_bench(
+        spec, isolate=not args.in_process, train=not args.report_only, jobs=args.jobs, threads=args.threads
+    )
     print(f"trained {len(outcome.trained)}, reused {len(outcome.reused)}, failed {len(outcome.failed)}")
     for path in outcome.files:
         print(f"written: {path}")

@@ -1,6 +1,6 @@
 """One bench run: train (or resume) a run folder, evaluate its checkpoints on the test split, record the cost.
 
-Run as `python -m medsemi.bench.worker CONFIG [key=value ...] [--test-limit N]` it is a fresh process that
+Run as `python -m medsemi.bench.worker CONFIG [key=value ...] [--test-limit N] [--threads T]` it is a fresh process that
 does nothing else, so its peak resident set size (medsemi.bench.memory, read right after training) is the
 training's host memory; on a GPU the peak CUDA memory is recorded as well.
 Everything lands in <run>/bench.json, appended per attempt, so a resumed run keeps the cost of its first part.
@@ -15,6 +15,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from medsemi.bench.memory import peak_memory, reset_peak_memory
 from medsemi.config import Config, load_config
@@ -74,11 +76,24 @@ def _global_step(run_dir: Path) -> int:
     return int(load_checkpoint(last)["state"]["global_step"]) if last.exists() else 0
 
 
-def execute(config: Config, test_limit: int | None = None, *, isolated: bool = True) -> dict[str, Any]:
+def execute(
+    config: Config, test_limit: int | None = None, *, isolated: bool = True, threads: int | None = None
+) -> dict[str, Any]:
     """Train/resume `config` to the end, evaluate pending checkpoint rules, append the costs to bench.json.
 
     isolated: this process runs nothing else, so its peak RSS is the run's (False: not recorded).
+    threads: torch intra-op threads for this run (None: as they are); restored afterwards.
     """
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _execute(config, test_limit, isolated)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _execute(config: Config, test_limit: int | None, isolated: bool) -> dict[str, Any]:
     run_dir = Path(config.run.dir)
     device = resolve_device(config.train.device)
     reset_peak_memory(device)
@@ -94,6 +109,7 @@ def execute(config: Config, test_limit: int | None = None, *, isolated: bool = T
         "peak_rss_mb": memory.host_rss_mb if isolated else None,
         "peak_cuda_mb": memory.cuda_mb,
         "device": str(device),
+        "threads": torch.get_num_threads(),
     }
     record = read_record(run_dir)
     record["attempts"].append(attempt)
@@ -115,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--test-limit", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
-    execute(load_config(args.config, args.overrides), args.test_limit, isolated=True)
+    execute(load_config(args.config, args.overrides), args.test_limit, isolated=True, threads=args.threads)
     return 0
 
 

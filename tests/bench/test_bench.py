@@ -117,6 +117,32 @@ def test_isolated_runs_record_their_peak_memory(tmp_path: Path) -> None:
     assert "first 1 cases" in (spec.out / "leaderboard.md").read_text()
 
 
+@pytest.mark.slow
+def test_jobs_train_side_by_side_each_with_its_thread_count(tmp_path: Path) -> None:
+    spec = _spec(tmp_path / "bench", ("supervised",), (1, 2), iterations=2, test_limit=1)
+    messages: list[str] = []
+    outcome = run_bench(spec, isolate=True, jobs=2, threads=1, report=messages.append)
+    assert len(outcome.trained) == 2 and not outcome.failed
+    started = [i for i, m in enumerate(messages) if ": running in " in m and "(1 threads)" in m]
+    finished = [i for i, m in enumerate(messages) if ": done in " in m]
+    assert len(started) == 2 and max(started) < min(finished)  # the second started before the first ended
+    rows = _rows(spec.out / "runs.csv")
+    assert [(r["status"], r["threads"]) for r in rows] == [("complete", "1"), ("complete", "1")]
+    for run_dir in outcome.trained:
+        assert [a["threads"] for a in json.loads((run_dir / "bench.json").read_text())["attempts"]] == [1]
+
+
+def test_jobs_and_threads_are_checked(tmp_path: Path) -> None:
+    spec = _spec(tmp_path / "bench", ("supervised",), (1,), iterations=2)
+    with pytest.raises(BenchError, match="--in-process"):
+        run_bench(spec, isolate=False, jobs=2, report=lambda _: None)
+    with pytest.raises(BenchError, match="--jobs must be at least 1"):
+        run_bench(spec, isolate=True, jobs=0, report=lambda _: None)
+    with pytest.raises(BenchError, match="--threads must be at least 1"):
+        run_bench(spec, isolate=True, threads=0, report=lambda _: None)
+    assert not (spec.out / "bench.json").exists()
+
+
 def test_a_folder_with_other_settings_is_never_reused(tmp_path: Path) -> None:
     spec = _spec(tmp_path / "bench", ("supervised",), (1,))
     run = plan(spec)[0]
