@@ -40,7 +40,8 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch threads; bench: per run (default: the usable cores // --jobs); throughput: torch's choice",
+        help="torch threads; bench: per run (default: torch's threads, i.e. OMP_NUM_THREADS or the cores, "
+        "// --jobs); throughput: torch's choice",
     )
 
 

@@ -64,17 +64,13 @@ def check_existing(run: RunSpec) -> None:
         )
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def threads_per_run(jobs: int, threads: int | None) -> int:
+    """--threads, or this process's torch threads (OMP_NUM_THREADS where set, else the physical cores) // jobs."""
     if jobs < 1:
         raise BenchError(f"--jobs must be at least 1, got {jobs}")
     if threads is not None and threads < 1:
         raise BenchError(f"--threads must be at least 1, got {threads}")
-    return threads or max(1, usable_cores() // jobs)
+    return threads or max(1, torch.get_num_threads() // jobs)
 
 
 def _train_isolated(run: RunSpec, test_limit: int | None, threads: int) -> None:

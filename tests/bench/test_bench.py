@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from medsemi.bench.grid import BenchError, BenchSpec, plan
 from medsemi.bench.leaderboard import read_summary
 from medsemi.bench.protocols import PAPER, QUICK, QUICK_LA, Protocol
-from medsemi.bench.runner import run_bench
+from medsemi.bench.runner import run_bench, threads_per_run
 from medsemi.cli import main
 from medsemi.config import Config, save_config
 from medsemi.methods.supervised import Supervised
@@ -130,6 +131,12 @@ def test_jobs_train_side_by_side_each_with_its_thread_count(tmp_path: Path) -> N
     assert [(r["status"], r["threads"]) for r in rows] == [("complete", "1"), ("complete", "1")]
     for run_dir in outcome.trained:
         assert [a["threads"] for a in json.loads((run_dir / "bench.json").read_text())["attempts"]] == [1]
+
+
+def test_threads_per_run_split_the_callers_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)  # e.g. OMP_NUM_THREADS=4 or 4 physical cores
+    assert [threads_per_run(jobs, None) for jobs in (1, 2, 3, 8)] == [4, 2, 1, 1]
+    assert threads_per_run(2, 3) == 3
 
 
 def test_jobs_and_threads_are_checked(tmp_path: Path) -> None:
