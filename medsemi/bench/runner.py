@@ -107,11 +107,12 @@ def run_bench(
     """Train/evaluate what is missing (nothing with `train=False`: the tables of the finished runs, the others
     listed as incomplete), then write the leaderboard (tables, CSVs, plots) into spec.out.
 
-    jobs: runs trained at once (isolated processes only); threads: per run, default the usable cores // jobs.
+    jobs: runs trained at once (isolated processes only); threads: per run, default the caller's torch threads
+    // jobs (threads_per_run).
     """
     if jobs > 1 and not isolate:
         raise BenchError("--jobs above 1 needs isolated runs (drop --in-process)")
-    run_threads = threads_per_run(jobs, threads) if isolate else threads or torch.get_num_threads()
+    run_threads = threads_per_run(jobs, threads)
     runs = plan(spec)
     outcome = BenchOutcome(runs)
     for run in runs:

@@ -39,7 +39,7 @@ from medsemi.data.registry import create_dataset
 from medsemi.data.splits import Split, make_split
 from medsemi.data.stream import BatchStream
 from medsemi.engine.checkpoint import atomic_write_text
-from medsemi.engine.device import resolve_device
+from medsemi.engine.device import resolve_device, torch_threads
 from medsemi.engine.optim import build_optimizer
 from medsemi.engine.step import OptimisationStep
 from medsemi.engine.trainer import seed_everything
@@ -270,16 +270,12 @@ def run_throughput(spec: ThroughputSpec) -> dict[str, Any]:
     methods = [m for m in spec.methods if m in list_methods()]
     skipped = [m for m in spec.methods if m not in methods]
     samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    default_threads = torch.get_num_threads()
-    torch.set_num_threads(spec.threads or default_threads)
-    try:
+    with torch_threads(spec.threads or None):
         for _ in range(spec.repeats):
             for name in methods:
                 for variant in spec.variants():
                     samples.setdefault((name, variant), []).append(measure(name, variant, split, spec, info, device))
         threads = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(default_threads)
     results = [
         {
             **runs[0],

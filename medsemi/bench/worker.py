@@ -21,7 +21,7 @@ import torch
 from medsemi.bench.memory import peak_memory, reset_peak_memory
 from medsemi.config import Config, load_config
 from medsemi.engine.checkpoint import atomic_write_text, load_checkpoint
-from medsemi.engine.device import resolve_device
+from medsemi.engine.device import resolve_device, torch_threads
 from medsemi.engine.run_folder import evaluation_dir
 from medsemi.engine.trainer import train
 from medsemi.eval.evaluate import evaluate_run
@@ -84,13 +84,8 @@ def execute(
     isolated: this process runs nothing else, so its peak RSS is the run's (False: not recorded).
     threads: torch intra-op threads for this run (None: as they are); restored afterwards.
     """
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _execute(config, test_limit, isolated)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _execute(config: Config, test_limit: int | None, isolated: bool) -> dict[str, Any]:
