@@ -38,7 +38,13 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from medsemi.eval.evaluate import evaluate_run
 
-    summary = evaluate_run(Path(args.run), split=args.split, checkpoint=args.checkpoint, limit=args.limit)
+    summary = evaluate_run(
+        Path(args.run),
+        split=args.split,
+        checkpoint=args.checkpoint,
+        limit=args.limit,
+        recalibrate_bn=args.recalibrate_bn,
+    )
     print((summary["folder"] / "summary.md").read_text())
     return 0
 
@@ -183,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["val", "test"])
     evaluate.add_argument("--checkpoint", default="best", choices=["best", "last"])
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N cases")
+    evaluate.add_argument(
+        "--recalibrate-bn",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first re-estimate BatchNorm statistics with dropout off on N training batches (separate _bnN tables)",
+    )
     evaluate.set_defaults(handler=_evaluate)
 
     predict = verbs.add_parser("predict", help="segment NIfTI/PNG files with a trained run")

@@ -20,15 +20,17 @@ LEFTOVER = r"\..+\.tmp"
 FILES = ("config.yaml", "log.jsonl", "log.csv", "learning_curves.png", "bench.json", "bench.log")
 FOLDERS = {
     "checkpoints": rf"[^.].*\.pt|{LEFTOVER}",
-    "eval": r"(val|test)_(best|last)(_first\d+)?",
+    "eval": r"(val|test)_(best|last)(_first\d+)?(_bn\d+)?",
     "tensorboard": r"events\.out\.tfevents\..+",
 }
 
 
-def evaluation_dir(run_dir: Path, split: str, checkpoint: str, limit: int | None = None) -> Path:
-    """Where `evaluate` writes: eval/<split>_<checkpoint>, or eval/<split>_<checkpoint>_first<N> for an
-    evaluation of only the first N cases, so that it never replaces the tables of the whole split."""
-    suffix = "" if limit is None else f"_first{limit}"
+def evaluation_dir(
+    run_dir: Path, split: str, checkpoint: str, limit: int | None = None, recalibrate_bn: int = 0
+) -> Path:
+    """Where `evaluate` writes: eval/<split>_<checkpoint>, plus _first<N> for an evaluation of only the first N
+    cases and _bn<B> after BatchNorm recalibration on B batches, so that none replaces the tables of another."""
+    suffix = ("" if limit is None else f"_first{limit}") + (f"_bn{recalibrate_bn}" if recalibrate_bn else "")
     return Path(run_dir) / "eval" / f"{split}_{checkpoint}{suffix}"
 
 

@@ -18,6 +18,7 @@ from medsemi.data.splits import describe_split, load_split, patients
 from medsemi.engine.checkpoint import load_checkpoint, load_weights
 from medsemi.engine.device import resolve_device
 from medsemi.engine.run_folder import evaluation_dir
+from medsemi.eval.batchnorm import recalibrate_batchnorm, training_images
 from medsemi.eval.figures import ExtremeCases, slice_axis
 from medsemi.eval.inference import predict_case
 from medsemi.eval.metrics import case_metrics
@@ -139,18 +140,31 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str | None = None)
 
 
 def evaluate_run(
-    run_dir: Path, split: str = "test", checkpoint: str = "best", limit: int | None = None
+    run_dir: Path,
+    split: str = "test",
+    checkpoint: str = "best",
+    limit: int | None = None,
+    recalibrate_bn: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a run on a split; writes {cases.csv,patients.csv,summary.md,summary.csv,dice.png} and overlays/
     of the worst and best cases into eval/<split>_<checkpoint>, or eval/<split>_<checkpoint>_first<N> when
     `limit` leaves out cases (the returned summary's "folder"). Results are per case and per patient (the mean
-    over each patient's cases: slices, patches or frames of one subject are not independent)."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"evaluate --limit must be a positive number of cases, got {limit!r}")
+    over each patient's cases: slices, patches or frames of one subject are not independent).
+
+    `recalibrate_bn` > 0 first re-estimates the predictor's BatchNorm statistics with dropout off on that many
+    un-augmented training batches (medsemi.eval.batchnorm); the tables go to a folder ending in _bn<N>."""
+    for name, value, smallest in (("--limit", limit, 1), ("--recalibrate-bn", recalibrate_bn, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < smallest):
+            raise ValueError(f"evaluate {name} must be an integer >= {smallest}, got {value!r}")
     run_dir = Path(run_dir)
     loaded = load_run(run_dir, checkpoint)
     config = loaded.config
     chosen = load_split(config.data)[1]
+    predictor = loaded.method.predictor()
+    if recalibrate_bn:
+        images = training_images(config, chosen, loaded.method.uses_unlabeled, recalibrate_bn, loaded.device)
+        seen = recalibrate_batchnorm(predictor, images)
+        say(f"BatchNorm statistics re-estimated with dropout off on {seen} training images ({recalibrate_bn} batches)")
     cases = getattr(chosen, split)
     if not cases:
         raise ValueError(f"{run_dir}: the {split!r} split of {config.data.dataset} is empty")
@@ -159,8 +173,8 @@ def evaluate_run(
     scored = f"evaluated: {'the first ' if limited else ''}{len(cases)} cases of {len(patients(cases))} patients"
     say("\n".join(describe_split(chosen, {split: scored})))
     extremes = ExtremeCases(axis=slice_axis(loaded.info.spatial_dims), class_names=loaded.info.class_names)
-    rows = evaluate_cases(loaded.method.predictor(), cases, loaded.info, config, loaded.device, on_case=extremes)
-    out = evaluation_dir(run_dir, split, loaded.checkpoint, limit if limited else None)
+    rows = evaluate_cases(predictor, cases, loaded.info, config, loaded.device, on_case=extremes)
+    out = evaluation_dir(run_dir, split, loaded.checkpoint, limit if limited else None, recalibrate_bn)
     by_patient = patient_rows(rows)
     summary = {
         **summarise(rows),
@@ -186,6 +200,7 @@ def evaluate_run(
         "iterations": sum(stage.iterations for stage in stages),
         "stages": " + ".join(f"{stage.name} {stage.iterations}" for stage in stages),
         "lcc": config.eval.lcc,
+        "batchnorm": f"re-estimated on {recalibrate_bn} training batches" if recalibrate_bn else "as trained",
     }
     write_summary(summary, out / "summary.md", out / "summary.csv", header)
     plot_case_dice(rows, out / "dice.png")

@@ -26,6 +26,9 @@ class CDMAOptions(MethodOptions):
 
     warmup_fraction: share of the iterations before CDKD and entropy switch on (15 / 150 epochs).
     inference: "csa" predicts with the CSA branch (the paper); "mean" averages the three branches' softmax.
+    supervised_reduction: "mean" over the three decoders (official code, where the decoders sit on a
+        pretrained backbone at 10x its learning rate) or "sum" (each decoder gets a full supervised gradient,
+        as a single U-Net does when trained from scratch; see docs/methods/cdma.md for the ablation).
     """
 
     kd_weight: float = 0.1
@@ -33,6 +36,7 @@ class CDMAOptions(MethodOptions):
     temperature: float = 10.0
     warmup_fraction: float = 0.1
     inference: Literal["csa", "mean"] = "csa"
+    supervised_reduction: Literal["mean", "sum"] = "mean"
 
 
 def cross_decoder_distillation(logits: list[Tensor], temperature: float) -> Tensor:
@@ -80,7 +84,8 @@ class CDMA(Method):
         n_labeled = batch.image_l.shape[0]
         outputs = self.net.branch_outputs(torch.cat([batch.image_l, batch.image_u]))
         logits = [outputs[name][0].float() for name in BRANCHES]
-        supervised = torch.stack([ce_dice_loss(z[:n_labeled], batch.label_l) for z in logits]).mean()
+        per_decoder = torch.stack([ce_dice_loss(z[:n_labeled], batch.label_l) for z in logits])
+        supervised = per_decoder.sum() if o.supervised_reduction == "sum" else per_decoder.mean()
         kd = cross_decoder_distillation(logits, o.temperature)
         entropy = mean_prediction_entropy(logits)
         active = step >= o.warmup_fraction * self.context.iterations

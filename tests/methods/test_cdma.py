@@ -105,6 +105,25 @@ def test_training_step_losses_and_hard_warm_up(make_batch: Callable[..., Batch])
     assert late["entropy"].item() == pytest.approx(0.1 * mean_prediction_entropy(logits).item(), rel=1e-5)
 
 
+def test_summed_supervised_loss_gives_each_decoder_a_full_gradient(make_batch: Callable[..., Batch]) -> None:
+    batch = make_batch((16, 16))
+    torch.manual_seed(0)
+    mean = _cdma().eval()
+    torch.manual_seed(0)
+    summed = _cdma(supervised_reduction="sum").eval()
+    mean_loss = mean.training_step(batch, step=0)["supervised"]
+    summed_loss = summed.training_step(batch, step=0)["supervised"]
+    assert summed_loss.item() == pytest.approx(3 * mean_loss.item(), rel=1e-5)
+    mean_loss.backward()
+    summed_loss.backward()
+    for name in BRANCHES:
+        head_mean = next(mean.net.decoders[name].parameters()).grad
+        head_sum = next(summed.net.decoders[name].parameters()).grad
+        torch.testing.assert_close(head_sum, 3 * head_mean)
+    with pytest.raises(ValueError, match="supervised_reduction"):
+        _cdma(supervised_reduction="max")
+
+
 def test_unsupervised_terms_train_every_branch_and_the_shared_encoder(make_batch: Callable[..., Batch]) -> None:
     method = _cdma(iterations=10)
     losses = method.training_step(make_batch((16, 16)), step=5)
