@@ -36,7 +36,7 @@ DISPLAY_METRICS = {"dice": "Dice", "jaccard": "Jaccard", "hd95": "HD95", "asd": 
 """The papers' columns (empty prediction scores 0, HD95/ASD in voxels); the CSV carries every variant."""
 
 PERCENT = ("dice", "jaccard")
-RULE_TITLES = {"best": "best-on-val", "last": "last iterate"}
+RULE_TITLES = {"best": "best-on-val", "last": "last iterate", "last_bn": "last iterate, BatchNorm re-estimated"}
 MEAN = "mean"
 BASELINE = "supervised"
 """Every other method is paired with it, seed by seed, on the mean Dice."""

@@ -15,7 +15,11 @@ from medsemi.engine.checkpoint import atomic_write_bytes
 if TYPE_CHECKING:
     from medsemi.bench.leaderboard import RunResult
 
-RULE_TITLES = {"best": "best-on-val checkpoint", "last": "last checkpoint"}
+RULE_TITLES = {
+    "best": "best-on-val checkpoint",
+    "last": "last checkpoint",
+    "last_bn": "last checkpoint, BatchNorm re-estimated",
+}
 
 
 def _save(figure: Figure, path: Path) -> None:

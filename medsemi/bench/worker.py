@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,25 @@ from medsemi.engine.run_folder import evaluation_dir
 from medsemi.engine.trainer import train
 from medsemi.eval.evaluate import evaluate_run
 
-RULES = ("best", "last")
-"""Checkpoint rules: best-on-val (checkpoints/best.pt) and the last iterate (checkpoints/last.pt)."""
+
+@dataclass(frozen=True)
+class Rule:
+    """How a test number is read off a run: which checkpoint, and on how many training batches its BatchNorm
+    statistics are re-estimated with dropout off first (0: as trained; medsemi.eval.batchnorm)."""
+
+    checkpoint: str
+    recalibrate_bn: int = 0
+
+
+RECALIBRATION_BATCHES = 100
+RULES: dict[str, Rule] = {
+    "best": Rule("best"),
+    "last": Rule("last"),
+    "last_bn": Rule("last", RECALIBRATION_BATCHES),
+}
+"""Best-on-val (checkpoints/best.pt) and the last iterate (checkpoints/last.pt) as trained, as the papers
+evaluate; the last iterate with its BatchNorm statistics re-estimated, which shows how much of a number is the
+dropout/BatchNorm variance shift (docs/benchmarks.md)."""
 
 TEST_SPLIT = "test"
 RECORD = "bench.json"
@@ -44,14 +62,14 @@ def finished(run_dir: Path) -> bool:
 
 
 def available_rules(run_dir: Path) -> list[str]:
-    return [rule for rule in RULES if (Path(run_dir) / "checkpoints" / f"{rule}.pt").exists()]
+    return [name for name, rule in RULES.items() if (Path(run_dir) / "checkpoints" / f"{rule.checkpoint}.pt").exists()]
 
 
 def summary_csv(run_dir: Path, rule: str) -> Path:
     """The test summary of a checkpoint rule: the folder its bench evaluation wrote (a `--test-limit` one is
     kept apart from the full split's), eval/test_<rule> when the record names none."""
     folder = read_record(run_dir)["evaluations"].get(rule, {}).get("folder")
-    default = evaluation_dir(run_dir, TEST_SPLIT, rule)
+    default = evaluation_dir(run_dir, TEST_SPLIT, RULES[rule].checkpoint, recalibrate_bn=RULES[rule].recalibrate_bn)
     return (Path(run_dir) / folder if folder else default) / "summary.csv"
 
 
@@ -110,7 +128,8 @@ def _execute(config: Config, test_limit: int | None, isolated: bool) -> dict[str
     record["attempts"].append(attempt)
     for rule in pending_evaluations(run_dir, test_limit):
         start = time.perf_counter()
-        summary = evaluate_run(run_dir, split=TEST_SPLIT, checkpoint=rule, limit=test_limit)
+        checkpoint, batches = RULES[rule].checkpoint, RULES[rule].recalibrate_bn
+        summary = evaluate_run(run_dir, TEST_SPLIT, checkpoint, limit=test_limit, recalibrate_bn=batches)
         folder = Path(summary["folder"]).relative_to(run_dir)
         record["evaluations"][rule] = {
             "limit": test_limit,

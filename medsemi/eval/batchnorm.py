@@ -22,13 +22,14 @@ from medsemi.data.stream import BatchStream
 @torch.no_grad()
 def recalibrate_batchnorm(net: nn.Module, batches: Iterable[Tensor]) -> int:
     """Replace every BatchNorm layer's running mean and variance by their average over `batches`, computed in
-    eval mode except for the BatchNorm layers (dropout off); returns how many images were seen.
+    eval mode except for the BatchNorm layers (dropout off); returns how many images were seen (0, and nothing
+    is run, for a network without BatchNorm: there is nothing to re-estimate).
 
     Every module's training flag and every BatchNorm momentum are restored afterwards.
     """
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
-        raise ValueError("recalibrate_batchnorm: the network has no BatchNorm layer")
+        return 0
     modes = {m: m.training for m in net.modules()}
     momenta = {m: m.momentum for m in norms}
     net.eval()

@@ -164,7 +164,14 @@ def evaluate_run(
     if recalibrate_bn:
         images = training_images(config, chosen, loaded.method.uses_unlabeled, recalibrate_bn, loaded.device)
         seen = recalibrate_batchnorm(predictor, images)
-        say(f"BatchNorm statistics re-estimated with dropout off on {seen} training images ({recalibrate_bn} batches)")
+        say(
+            f"BatchNorm statistics re-estimated with dropout off on {seen} training images ({recalibrate_bn} batches)"
+            if seen
+            else "no BatchNorm layer in the predictor: evaluated as trained"
+        )
+    batchnorm = "as trained"
+    if recalibrate_bn:
+        batchnorm = f"re-estimated on {recalibrate_bn} training batches" if seen else "none in the network"
     cases = getattr(chosen, split)
     if not cases:
         raise ValueError(f"{run_dir}: the {split!r} split of {config.data.dataset} is empty")
@@ -200,7 +207,7 @@ def evaluate_run(
         "iterations": sum(stage.iterations for stage in stages),
         "stages": " + ".join(f"{stage.name} {stage.iterations}" for stage in stages),
         "lcc": config.eval.lcc,
-        "batchnorm": f"re-estimated on {recalibrate_bn} training batches" if recalibrate_bn else "as trained",
+        "batchnorm": batchnorm,
     }
     write_summary(summary, out / "summary.md", out / "summary.csv", header)
     plot_case_dice(rows, out / "dice.png")

@@ -10,7 +10,7 @@ import torch
 
 from medsemi.bench.grid import BenchSpec, plan
 from medsemi.bench.leaderboard import read_csv_rows, verdict, write_leaderboard
-from medsemi.bench.worker import RULES
+from medsemi.bench.worker import RULES, summary_csv
 from tests.bench.tiny_protocol import REPO, TINY
 
 DICE = {  # (method, budget, seed) -> mean test Dice of both rules; absent: the run never finished
@@ -31,8 +31,8 @@ def _finished_run(run_dir: Path, dice: float) -> None:
     (run_dir / "checkpoints").mkdir(parents=True)
     checkpoint = {"method": {}, "optimizers": {}, "state": {"finished": True, "global_step": 4}, "rng": {}, "info": {}}
     for rule in RULES:
-        torch.save(checkpoint, run_dir / "checkpoints" / f"{rule}.pt")
-        summary = run_dir / "eval" / f"test_{rule}" / "summary.csv"
+        torch.save(checkpoint, run_dir / "checkpoints" / f"{RULES[rule].checkpoint}.pt")
+        summary = summary_csv(run_dir, rule)
         summary.parent.mkdir(parents=True)
         rows = [f"2,{name},{dice},{dice / 2},0" for name in ("RV", "Myo", "LV", "mean")]
         summary.write_text("cases,class,dice,jaccard,empty_pred\n" + "\n".join(rows) + "\n")
@@ -119,7 +119,7 @@ def test_leaderboard_md_shows_the_paired_table_per_rule(bench: BenchSpec) -> Non
     assert "| mixed | 2 | 1, 2, 3 | 3 | +0.0 [-10.0, +10.0] | mixed |" in markdown
     assert "| better | 4 | 1 | 1 | +10.0 | better (1 seed) |" in markdown
     assert "| mixed | 4 | - | 0 | - | no baseline |" in markdown
-    assert markdown.count("| better on every seed |") == 2  # once per checkpoint rule
+    assert markdown.count("| better on every seed |") == len(RULES)  # once per checkpoint rule
 
 
 @pytest.mark.parametrize(
