@@ -319,12 +319,29 @@ def flat_settings(config: Config) -> dict[str, Any]:
     return flatten(config_to_dict(config), "")
 
 
+def _with_method_defaults(config: Config) -> dict[str, Any]:
+    """flat_settings with every method option the config leaves out at its default, so that a run saved before
+    an option existed resumes under a config that names it at that default."""
+    from medsemi.methods.base import method_class
+
+    flat = flat_settings(config)
+    for option in dataclasses.fields(method_class(config.method_name).Options):
+        if option.default is not dataclasses.MISSING:
+            default = option.default
+        elif option.default_factory is not dataclasses.MISSING:
+            default = option.default_factory()
+        else:
+            continue
+        flat.setdefault(f"method.{option.name}", list(default) if isinstance(default, tuple) else default)
+    return flat
+
+
 def check_resume(config: Config, saved: Path) -> None:
     """`--resume` continues a run with the settings it was started with: other ones are refused, naming the
     keys, because training on would mix two configurations under one config.yaml."""
     if not saved.is_file():
         raise ConfigError(f"{saved}: not found, so --resume cannot check that the settings are the run's")
-    before, now = flat_settings(load_config(saved)), flat_settings(config)
+    before, now = _with_method_defaults(load_config(saved)), _with_method_defaults(config)
     differing = sorted(
         key for key in before.keys() | now.keys() if key not in RESUME_MAY_CHANGE and before.get(key) != now.get(key)
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medsemi.config import ConfigError, load_config
+from medsemi.config import ConfigError, check_resume, load_config, save_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,3 +129,15 @@ def test_shipped_method_options_keep_their_values_and_types() -> None:
         int,
         bool,
     ]
+
+
+def test_resume_accepts_an_option_added_after_the_run_at_its_default(tmp_path: Path) -> None:
+    saved = tmp_path / "config.yaml"
+    before = load_config(REPO / "configs/acdc/cdma.yaml")
+    save_config(before, saved)
+    text = saved.read_text()
+    assert "supervised_reduction: mean" in text
+    saved.write_text(text.replace("  supervised_reduction: mean\n", ""))  # a run from before the option existed
+    check_resume(load_config(REPO / "configs/acdc/cdma.yaml"), saved)
+    with pytest.raises(ConfigError, match="method.supervised_reduction 'mean' -> 'sum'"):
+        check_resume(load_config(REPO / "configs/acdc/cdma.yaml", ["method.supervised_reduction=sum"]), saved)
