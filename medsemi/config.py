@@ -319,7 +319,7 @@ def flat_settings(config: Config) -> dict[str, Any]:
     return flatten(config_to_dict(config), "")
 
 
-def _with_method_defaults(config: Config) -> dict[str, Any]:
+def resolved_settings(config: Config) -> dict[str, Any]:
     """flat_settings with every method option the config leaves out at its default, so that a run saved before
     an option existed resumes under a config that names it at that default."""
     from medsemi.methods.base import method_class
@@ -341,7 +341,7 @@ def check_resume(config: Config, saved: Path) -> None:
     keys, because training on would mix two configurations under one config.yaml."""
     if not saved.is_file():
         raise ConfigError(f"{saved}: not found, so --resume cannot check that the settings are the run's")
-    before, now = _with_method_defaults(load_config(saved)), _with_method_defaults(config)
+    before, now = resolved_settings(load_config(saved)), resolved_settings(config)
     differing = sorted(
         key for key in before.keys() | now.keys() if key not in RESUME_MAY_CHANGE and before.get(key) != now.get(key)
     )

@@ -31,7 +31,7 @@ from medsemi.bench.leaderboard import write_leaderboard
 from medsemi.bench.protocols import get_protocol
 from medsemi.bench.throughput import run_from_args as throughput
 from medsemi.bench.worker import execute, is_complete
-from medsemi.config import Config, flat_settings, load_config
+from medsemi.config import Config, load_config, resolved_settings
 from medsemi.engine.checkpoint import atomic_write_text
 
 
@@ -46,7 +46,7 @@ class BenchOutcome:
 
 def _comparable(config: Config) -> dict[str, Any]:
     """The settings that make a result: everything but the folder and the progress bar."""
-    flat = flat_settings(config)
+    flat = resolved_settings(config)
     return {key: value for key, value in flat.items() if key not in ("run.dir", "train.progress")}
 
 
