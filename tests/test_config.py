@@ -133,11 +133,11 @@ def test_shipped_method_options_keep_their_values_and_types() -> None:
 
 def test_resume_accepts_an_option_added_after_the_run_at_its_default(tmp_path: Path) -> None:
     saved = tmp_path / "config.yaml"
-    before = load_config(REPO / "configs/acdc/cdma.yaml")
+    before = load_config(REPO / "configs/pathology/cdma.yaml")
     save_config(before, saved)
     text = saved.read_text()
     assert "supervised_reduction: mean" in text
     saved.write_text(text.replace("  supervised_reduction: mean\n", ""))  # a run from before the option existed
-    check_resume(load_config(REPO / "configs/acdc/cdma.yaml"), saved)
+    check_resume(load_config(REPO / "configs/pathology/cdma.yaml"), saved)
     with pytest.raises(ConfigError, match="method.supervised_reduction 'mean' -> 'sum'"):
-        check_resume(load_config(REPO / "configs/acdc/cdma.yaml", ["method.supervised_reduction=sum"]), saved)
+        check_resume(load_config(REPO / "configs/pathology/cdma.yaml", ["method.supervised_reduction=sum"]), saved)

@@ -153,9 +153,10 @@ def evaluate_run(
 
     `recalibrate_bn` > 0 first re-estimates the predictor's BatchNorm statistics with dropout off on that many
     un-augmented training batches (medsemi.eval.batchnorm); the tables go to a folder ending in _bn<N>."""
-    for name, value, smallest in (("--limit", limit, 1), ("--recalibrate-bn", recalibrate_bn, 0)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < smallest):
-            raise ValueError(f"evaluate {name} must be an integer >= {smallest}, got {value!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"evaluate --limit must be a positive number of cases, got {limit!r}")
+    if isinstance(recalibrate_bn, bool) or not isinstance(recalibrate_bn, int) or recalibrate_bn < 0:
+        raise ValueError(f"evaluate --recalibrate-bn must be a number of batches >= 0, got {recalibrate_bn!r}")
     run_dir = Path(run_dir)
     loaded = load_run(run_dir, checkpoint)
     config = loaded.config
