@@ -323,14 +323,12 @@ def resolved_settings(config: Config) -> dict[str, Any]:
     """flat_settings with every method option the config leaves out at its default, so that a run saved before
     an option existed resumes under a config that names it at that default."""
     from medsemi.methods.base import method_class
+    from medsemi.methods.options import option_default
 
     flat = flat_settings(config)
     for option in dataclasses.fields(method_class(config.method_name).Options):
-        if option.default is not dataclasses.MISSING:
-            default = option.default
-        elif option.default_factory is not dataclasses.MISSING:
-            default = option.default_factory()
-        else:
+        default = option_default(option)
+        if default is dataclasses.MISSING:
             continue
         flat.setdefault(f"method.{option.name}", list(default) if isinstance(default, tuple) else default)
     return flat

@@ -91,12 +91,17 @@ class OptionRow:
     unit: str
 
 
+def option_default(option: dataclasses.Field) -> Any:
+    """An option's default (its factory called), or dataclasses.MISSING when it has none."""
+    return option.default_factory() if option.default_factory is not dataclasses.MISSING else option.default
+
+
 def option_rows(options: type[MethodOptions]) -> list[OptionRow]:
     """Every option of a method with its type, default and schedule unit, in declaration order."""
     hints = typing.get_type_hints(options)
     rows = []
     for option in dataclasses.fields(options):
-        default = option.default_factory() if option.default_factory is not dataclasses.MISSING else option.default
+        default = option_default(option)
         rows.append(OptionRow(option.name, type_name(hints[option.name]), repr(default), option_unit(option) or ""))
     return rows
 
