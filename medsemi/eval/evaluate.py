@@ -162,17 +162,15 @@ def evaluate_run(
     config = loaded.config
     chosen = load_split(config.data)[1]
     predictor = loaded.method.predictor()
-    if recalibrate_bn:
-        images = training_images(config, chosen, loaded.method.uses_unlabeled, recalibrate_bn, loaded.device)
-        seen = recalibrate_batchnorm(predictor, images)
-        say(
-            f"BatchNorm statistics re-estimated with dropout off on {seen} training images ({recalibrate_bn} batches)"
-            if seen
-            else "no BatchNorm layer in the predictor: evaluated as trained"
-        )
     batchnorm = "as trained"
     if recalibrate_bn:
-        batchnorm = f"re-estimated on {recalibrate_bn} training batches" if seen else "none in the network"
+        images = training_images(config, chosen, loaded.method.uses_unlabeled, recalibrate_bn, loaded.device)
+        if seen := recalibrate_batchnorm(predictor, images):
+            batchnorm = f"re-estimated on {recalibrate_bn} training batches"
+            say(f"BatchNorm statistics re-estimated with dropout off on {seen} training images ({batchnorm})")
+        else:
+            batchnorm = "none in the network"
+            say("no BatchNorm layer in the predictor: evaluated as trained")
     cases = getattr(chosen, split)
     if not cases:
         raise ValueError(f"{run_dir}: the {split!r} split of {config.data.dataset} is empty")
