@@ -5,8 +5,9 @@
 
 The lines between a page's `MEASURED_BEGIN` and `MEASURED_END` markers are generated: the protocol and seeds
 the bench ran, the command that reproduces it, the method against `supervised` at every labeled budget under
-both checkpoint rules, and each run's cost. What the logs show is written by hand outside the markers, so a
-refresh never overwrites an interpretation, and a stale number cannot survive one.
+every checkpoint rule, the paired differences to it with their verdicts, and each run's cost. What the logs
+show is written by hand outside the markers, so a refresh never overwrites an interpretation, and a stale
+number cannot survive one.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class BenchResults:
         key_columns = ("method", "labeled", "checkpoint", "class", "metric")
         self._by_key = {tuple(row[k] for k in key_columns): _typed(row) for row in self.rows}
         self.runs = _read_csv(folder / "runs.csv")
+        verdicts = folder / "verdicts.csv"
+        self.verdicts = [_typed(row) for row in read_csv_rows(verdicts)] if verdicts.exists() else []
         description = folder / "bench.json"
         self.description = json.loads(description.read_text()) if description.exists() else {}
         self.classes = list(dict.fromkeys(r["class"] for r in self.rows if r["class"] != MEAN))
@@ -83,6 +86,30 @@ class BenchResults:
                     cells += [format_cell(self.value(name, labeled, rule, cls, "dice")) for cls in self.classes]
                     body.append([name, labeled, RULE_TITLES[rule], *cells])
         return markdown_table(header, body)
+
+    def paired(self, method: str) -> list[str]:
+        """Per budget and rule: the method's Dice minus `supervised`'s on the same seeds, and the verdict."""
+        header = ["labeled", "checkpoint", "paired seeds", f"Dice - {BASELINE} (points)", "verdict"]
+        body = [
+            [
+                row["labeled"],
+                RULE_TITLES[row["checkpoint"]],
+                row["seeds"].replace(" ", ", ") or "-",
+                format_cell(row if row["n_seeds"] else None, signed=True),
+                row["verdict"],
+            ]
+            for labeled in self.budgets(method)
+            for rule in RULE_TITLES
+            for row in self.verdicts
+            if (row["method"], row["labeled"], row["checkpoint"], row["metric"]) == (method, labeled, rule, "dice")
+        ]
+        if not body:
+            return []
+        intro = (
+            f"Paired with `{BASELINE}`: per seed, the method's mean Dice minus `{BASELINE}`'s on the same seed, "
+            "median [min, max] over the seeds both have, and whether it is better (or worse) on every seed:"
+        )
+        return [intro, "", *markdown_table(header, body), ""]
 
     def cost(self, method: str) -> str:
         parts = []
@@ -121,6 +148,7 @@ class BenchResults:
             "",
             *self.table(method),
             "",
+            *self.paired(method),
             f"Cost: {self.cost(method)}.",
             MEASURED_END,
         ]

@@ -57,7 +57,11 @@ def test_block_is_replaced_from_the_leaderboard_and_prose_survives(bench: Path, 
         row = _mean_dice(bench, method, "best")
         cell = f"{100 * float(row['median']):.1f} [{100 * float(row['min']):.1f}, {100 * float(row['max']):.1f}]"
         assert f"| {method} | 2 | best-on-val | {cell} |" in text
-    assert text.count("| last iterate |") == 2
+    assert "| supervised | 2 | last iterate |" in text and "| mean_teacher | 2 | last iterate |" in text
+    with open(bench / "verdicts.csv", newline="") as handle:
+        verdict = next(r for r in csv.DictReader(handle) if (r["method"], r["checkpoint"]) == ("mean_teacher", "best"))
+    low, mid, high = (100 * float(verdict[key]) for key in ("min", "median", "max"))
+    assert f"| 2 | best-on-val | 1, 2 | {mid:+.1f} [{low:+.1f}, {high:+.1f}] | {verdict['verdict']} |" in text
     assert "2 patients, seed 1: 4 iterations" in text and "2 patients, seed 2: 4 iterations" in text
 
     refresh(bench, tmp_path, ["mean_teacher"], conditions="CPU, one run at a time")
@@ -70,6 +74,7 @@ def test_a_page_without_a_block_gets_one_appended(bench: Path, tmp_path: Path) -
     text = page.read_text()
     assert text.startswith("# Supervised\n\n## Measured here\n\n" + MEASURED_BEGIN)
     assert text.count("| supervised |") == len(RULES)  # the baseline once per rule, not twice
+    assert "Paired with" not in text  # the baseline has no difference to itself
 
 
 def test_bad_pages_and_missing_results_are_named(bench: Path, tmp_path: Path) -> None:
