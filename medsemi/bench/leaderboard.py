@@ -282,11 +282,15 @@ def _paired_table(
         row = verdicts.get((method, budget, rule))
         if row is None:
             continue
-        cells = [row["seeds"].replace(" ", ", ") or "-", str(row["n_seeds"])]
-        body.append(
-            [method, str(budget), *cells, format_cell(row if row["n_seeds"] else None, signed=True), row["verdict"]]
-        )
+        seeds, n_seeds, difference, verdict_text = paired_cells(row)
+        body.append([method, str(budget), seeds, n_seeds, difference, verdict_text])
     return markdown_table(header, body)
+
+
+def paired_cells(row: dict[str, Any]) -> tuple[str, str, str, str]:
+    """A verdicts row as text: its paired seeds, their number, the difference in points, the verdict."""
+    difference = format_cell(row if row["n_seeds"] else None, signed=True)
+    return row["seeds"].replace(" ", ", ") or "-", str(row["n_seeds"]), difference, row["verdict"]
 
 
 def _markdown(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,21 @@ def test_bad_pages_and_missing_results_are_named(bench: Path, tmp_path: Path) ->
         refresh(bench, tmp_path, ["fixmatch"])
     with pytest.raises(PageError, match="leaderboard.csv: missing"):
         refresh(tmp_path / "nowhere", tmp_path)
+
+
+def test_a_verdict_without_paired_seeds_is_shown_as_such(bench: Path, tmp_path: Path) -> None:
+    """A budget the baseline was not run at leaves the verdict's numbers empty in verdicts.csv."""
+    folder = tmp_path / "bench"
+    shutil.copytree(bench, folder)
+    with open(folder / "verdicts.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns, rows = reader.fieldnames, list(reader)
+    for row in rows:
+        row.update(median="", min="", max="", n_seeds="0", seeds="", verdict="no baseline")
+    with open(folder / "verdicts.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    page = _page(tmp_path / "pages", "mean_teacher", "# Mean teacher\n")
+    refresh(folder, tmp_path / "pages", ["mean_teacher"])
+    assert "| 2 | best-on-val | - | - | no baseline |" in page.read_text()
