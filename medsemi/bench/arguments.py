@@ -76,6 +76,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument(
         "--report-only", action="store_true", help="write the leaderboard of the finished runs; train nothing"
     )
+    grid.add_argument(
+        "--recorded",
+        default=None,
+        metavar="DIR",
+        help="an earlier leaderboard's seeds.csv, runs.csv and leaderboard.csv: runs they hold are reused, "
+        "not trained, when their own folder is missing or unfinished",
+    )
     grid.add_argument("--in-process", action="store_true", help="train in this process (no per-run peak host memory)")
     grid.add_argument(
         "--jobs",

@@ -27,7 +27,8 @@ class BenchSpec:
 
     config_dir: where <method>.yaml lives (default configs/<dataset>). iterations: overrides the protocol's
     schedule length. overrides: extra `key=value` for every run (after the protocol's). test_limit: evaluate
-    only the first N test cases (smoke runs; named in every table).
+    only the first N test cases (smoke runs; named in every table). recorded: the folder of an earlier
+    leaderboard's tidy outputs; a run whose folder is not complete is taken from them when they hold it.
     """
 
     protocol: Protocol
@@ -40,6 +41,7 @@ class BenchSpec:
     iterations: int | None = None
     overrides: tuple[str, ...] = ()
     test_limit: int | None = None
+    recorded: Path | None = None
 
     @property
     def config_folder(self) -> Path:
@@ -58,6 +60,7 @@ class BenchSpec:
         values["protocol_description"] = self.protocol.description
         values["out"] = str(self.out)
         values["config_dir"] = str(self.config_folder)
+        values["recorded"] = None if self.recorded is None else str(self.recorded)
         return values
 
 

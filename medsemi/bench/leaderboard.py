@@ -10,6 +10,11 @@ class, metric, value; with, per seed, the mean Dice minus `supervised`'s on the 
 differences, the verdict), runs.csv (cost and validation of each run), dice_vs_budget.png and
 learning_curves.png.
 
+A leaderboard can also be extended after its folders are gone: `BenchSpec.recorded` names the folder of an
+earlier leaderboard's seeds.csv, runs.csv and leaderboard.csv (the text outputs that get committed), and every
+run they hold whose own folder is not complete enters the tables from them, with status `recorded` (no learning
+curve: log.csv is not among them).
+
 Verdicts are paired by seed (same budget and rule): a run and the `supervised` run of its seed share the seed's
 labeled batches (order and augmentation), so with a few seeds the per-seed differences can say "better on every
 seed", which two medians over seeds with overlapping ranges cannot.
@@ -18,6 +23,7 @@ seed", which two medians over seeds with overlapping ranges cannot.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from medsemi.bench.grid import BenchSpec, RunSpec
+from medsemi.bench.grid import BenchError, BenchSpec, RunSpec
 from medsemi.bench.worker import RULES, is_complete, read_record, summary_csv
 from medsemi.engine.checkpoint import atomic_write_text
 from medsemi.tables import markdown_table
@@ -36,11 +42,13 @@ DISPLAY_METRICS = {"dice": "Dice", "jaccard": "Jaccard", "hd95": "HD95", "asd": 
 """The papers' columns (empty prediction scores 0, HD95/ASD in voxels); the CSV carries every variant."""
 
 PERCENT = ("dice", "jaccard")
-RULE_TITLES = {"best": "best-on-val", "last": "last iterate", "last_bn": "last iterate, BatchNorm re-estimated"}
+RULE_TITLES = {name: rule.title for name, rule in RULES.items()}
 MEAN = "mean"
 BASELINE = "supervised"
 """Every other method is paired with it, seed by seed, on the mean Dice."""
 PAIRED_METRIC = f"dice_minus_{BASELINE}"
+RECORDED = "recorded"
+"""The status of a run taken from an earlier leaderboard's tidy outputs instead of its folder."""
 
 
 @dataclass
@@ -128,6 +136,59 @@ def collect(run: RunSpec, test_limit: int | None, failed: dict[Path, str]) -> Ru
             result.summaries[rule], result.test_cases[rule] = read_summary(path)
     result.cost = run_cost(run.run_dir)
     return result
+
+
+def _number(text: str) -> float | None:
+    return float(text) if text else None
+
+
+def _recorded_rows(folder: Path, name: str, protocol: str) -> list[dict[str, str]]:
+    path = Path(folder) / name
+    if not path.exists():
+        raise BenchError(f"{path}: missing; --recorded needs the seeds.csv, runs.csv and leaderboard.csv of a bench")
+    rows = read_csv_rows(path)
+    others = {row["protocol"] for row in rows} - {protocol}
+    if others:
+        raise BenchError(f"{path}: holds protocol {', '.join(sorted(others))}, this bench is {protocol!r}")
+    return rows
+
+
+def recorded_results(folder: Path, runs: Iterable[RunSpec], protocol: str) -> dict[Path, RunResult]:
+    """The grid runs an earlier leaderboard's tidy outputs hold, keyed by the grid's run folder: test summaries
+    from seeds.csv, cost and validation from runs.csv, test cases per rule from leaderboard.csv."""
+    summaries: dict[tuple[str, int, int], dict[str, dict[str, dict[str, float]]]] = {}
+    for row in _recorded_rows(folder, "seeds.csv", protocol):
+        if row["metric"] != PAIRED_METRIC:
+            key = (row["method"], int(row["labeled"]), int(row["seed"]))
+            rule = summaries.setdefault(key, {}).setdefault(row["checkpoint"], {})
+            rule.setdefault(row["class"], {})[row["metric"]] = float(row["value"])
+    cases = {
+        (row["method"], int(row["labeled"]), row["checkpoint"]): int(row["test_cases"])
+        for row in _recorded_rows(folder, "leaderboard.csv", protocol)
+        if row["class"] == MEAN and row["metric"] == "dice"
+    }
+    records = {
+        (row["method"], int(row["labeled"]), int(row["seed"])): row
+        for row in _recorded_rows(folder, "runs.csv", protocol)
+        if row["status"] in ("complete", RECORDED)
+    }
+    results = {}
+    for run in runs:
+        key = (run.method, run.budget, run.seed)
+        if key not in records or key not in summaries:
+            continue
+        record = records[key]
+        result = RunResult(dataclasses.replace(run, run_dir=Path(record["run_dir"])), RECORDED)
+        result.summaries = summaries[key]
+        result.test_cases = {rule: cases[(run.method, run.budget, rule)] for rule in result.summaries}
+        result.cost = {name: _number(record[name]) for name in ("train_wall_s", "eval_wall_s", "peak_rss_mb")}
+        result.cost |= {"peak_cuda_mb": _number(record["peak_cuda_mb"]), "threads": _number(record["threads"])}
+        result.cost["device"] = record["device"]
+        result.iterations = int(record["iterations"])
+        result.best_step = int(record["best_step"]) if record["best_step"] else None
+        result.best_val_dice = _number(record["best_val_dice"])
+        results[run.run_dir] = result
+    return results
 
 
 def _spread(values: Sequence[float]) -> dict[str, float]:
@@ -303,7 +364,7 @@ def _markdown(
     seeds = ", ".join(str(s) for s in spec.seeds)
     index = {(r["method"], r["labeled"], r["checkpoint"], r["class"], r["metric"]): r for r in rows}
     paired = {(r["method"], r["labeled"], r["checkpoint"]): r for r in verdicts}
-    iterations = sorted({r.iterations for r in results if r.status == "complete"})
+    iterations = sorted({r.iterations for r in results if r.status in ("complete", RECORDED)})
     lines = [
         f"# Leaderboard: protocol `{spec.protocol.name}` on {spec.dataset}",
         "",
@@ -315,6 +376,11 @@ def _markdown(
         f"- configs: {spec.config_folder}/<method>.yaml + protocol overrides"
         + (f" + {' '.join(spec.overrides)}" if spec.overrides else ""),
         f"- test split: {'first ' + str(spec.test_limit) + ' cases' if spec.test_limit else 'all cases'}",
+        *(
+            [f"- runs with status `{RECORDED}`: taken from {spec.recorded} (their folders are not here)"]
+            if any(r.status == RECORDED for r in results)
+            else []
+        ),
         "- cells: median [min, max] over seeds; Dice and Jaccard in %, HD95 and ASD in voxels, papers' "
         "convention (an empty prediction of a present class scores 0 on all four); leaderboard.csv also "
         "holds the strict and millimetre variants",
@@ -503,6 +569,9 @@ def write_leaderboard(spec: BenchSpec, runs: list[RunSpec], failed: dict[Path, s
 
     out = Path(spec.out)
     results = [collect(run, spec.test_limit, failed) for run in runs]
+    if spec.recorded is not None:
+        recorded = recorded_results(spec.recorded, runs, spec.protocol.name)
+        results = [recorded.get(r.run.run_dir, r) if r.status != "complete" else r for r in results]
     rows = aggregate(results, spec.protocol.name)
     differences = paired_differences(results)
     verdicts = verdict_rows(differences, spec.protocol.name)

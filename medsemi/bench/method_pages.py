@@ -149,7 +149,7 @@ class BenchResults:
             "",
             "```bash",
             f"medsemi bench --protocol {protocol} --methods {compared} --budgets {budgets} --seeds "
-            f"{seeds.replace(', ', ',')} --out {self.folder}",
+            f"{seeds.replace(', ', ',')}",
             "```",
             "",
             *self.table(method),

@@ -10,16 +10,11 @@ from typing import TYPE_CHECKING, Any
 from matplotlib import rcParams
 from matplotlib.figure import Figure
 
+from medsemi.bench.worker import RULES
 from medsemi.engine.checkpoint import atomic_write_bytes
 
 if TYPE_CHECKING:
     from medsemi.bench.leaderboard import RunResult
-
-RULE_TITLES = {
-    "best": "best-on-val checkpoint",
-    "last": "last checkpoint",
-    "last_bn": "last checkpoint, BatchNorm re-estimated",
-}
 
 
 def _save(figure: Figure, path: Path) -> None:
@@ -38,7 +33,7 @@ def _colours(methods: Sequence[str]) -> dict[str, str]:
 def plot_dice_vs_budget(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Median test Dice (mean of classes) against the labeled budget, min-max over seeds as error bars."""
     mean_dice = [r for r in rows if r["class"] == "mean" and r["metric"] == "dice"]
-    rules = [rule for rule in RULE_TITLES if any(r["checkpoint"] == rule for r in mean_dice)] or ["best"]
+    rules = [rule for rule in RULES if any(r["checkpoint"] == rule for r in mean_dice)] or ["best"]
     methods = list(dict.fromkeys(r["method"] for r in mean_dice))
     colours = _colours(methods)
     figure = Figure(figsize=(max(6.5, 4.5 * len(rules)), 3.8))
@@ -61,7 +56,7 @@ def plot_dice_vs_budget(rows: list[dict[str, Any]], path: Path, title: str) -> N
         axis.set_xticks(sorted({r["labeled"] for r in mean_dice}))
         axis.set_xlabel("labeled patients")
         axis.set_ylabel("test Dice (mean over classes)")
-        axis.set_title(RULE_TITLES[rule], fontsize=10)
+        axis.set_title(RULES[rule].title, fontsize=10)
         axis.grid(alpha=0.3)
         if methods:
             axis.legend(fontsize=8)

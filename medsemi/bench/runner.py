@@ -27,7 +27,7 @@ import torch
 
 from medsemi.bench.cost import measure_costs, write_costs
 from medsemi.bench.grid import BenchError, BenchSpec, RunSpec, plan
-from medsemi.bench.leaderboard import write_leaderboard
+from medsemi.bench.leaderboard import recorded_results, write_leaderboard
 from medsemi.bench.protocols import get_protocol
 from medsemi.bench.throughput import run_from_args as throughput
 from medsemi.bench.worker import execute, is_complete
@@ -118,12 +118,16 @@ def run_bench(
     for run in runs:
         check_existing(run)
     atomic_write_text(Path(spec.out) / "bench.json", json.dumps(spec.describe(), indent=1) + "\n")
+    recorded = recorded_results(spec.recorded, runs, spec.protocol.name) if spec.recorded else {}
     pending: list[tuple[str, RunSpec]] = []
     for index, run in enumerate(runs, 1):
         name = f"[{index}/{len(runs)}] {run.method} labeled={run.budget} seed={run.seed}"
         if is_complete(run.run_dir, spec.test_limit):
             outcome.reused.append(run.run_dir)
             report(f"{name}: complete, reused ({run.run_dir})")
+        elif run.run_dir in recorded:
+            outcome.reused.append(run.run_dir)
+            report(f"{name}: recorded in {spec.recorded}, reused")
         elif not train:
             report(f"{name}: not finished, left out (--report-only)")
         else:
@@ -186,6 +190,7 @@ def run_from_args(args: Any) -> int:
         iterations=args.iterations,
         overrides=tuple(args.overrides),
         test_limit=args.test_limit,
+        recorded=Path(args.recorded) if args.recorded else None,
     )
     if args.cost:
         costs = measure_costs(spec, args.timed_steps, args.warmup)

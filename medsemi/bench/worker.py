@@ -31,17 +31,19 @@ from medsemi.eval.evaluate import evaluate_run
 @dataclass(frozen=True)
 class Rule:
     """How a test number is read off a run: which checkpoint, and on how many training batches its BatchNorm
-    statistics are re-estimated with dropout off first (0: as trained; medsemi.eval.batchnorm)."""
+    statistics are re-estimated with dropout off first (0: as trained; medsemi.eval.batchnorm); `title` names it
+    in every table and figure."""
 
     checkpoint: str
+    title: str
     recalibrate_bn: int = 0
 
 
 RECALIBRATION_BATCHES = 100
 RULES: dict[str, Rule] = {
-    "best": Rule("best"),
-    "last": Rule("last"),
-    "last_bn": Rule("last", RECALIBRATION_BATCHES),
+    "best": Rule("best", "best-on-val"),
+    "last": Rule("last", "last iterate"),
+    "last_bn": Rule("last", "last iterate, BatchNorm re-estimated", RECALIBRATION_BATCHES),
 }
 """Best-on-val (checkpoints/best.pt) and the last iterate (checkpoints/last.pt) as trained, as the papers
 evaluate; the last iterate with its BatchNorm statistics re-estimated, which shows how much of a number is the

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medsemi.bench.grid import BenchSpec
-from medsemi.bench.method_pages import MEASURED_BEGIN, MEASURED_END, PageError, main, refresh
+from medsemi.bench.method_pages import MEASURED_BEGIN, MEASURED_END, BenchResults, PageError, main, refresh
 from medsemi.bench.runner import run_bench
 from medsemi.bench.worker import RULES
 from tests.bench.tiny_protocol import REPO, TINY
@@ -107,3 +107,12 @@ def test_a_verdict_without_paired_seeds_is_shown_as_such(bench: Path, tmp_path: 
     page = _page(tmp_path / "pages", "mean_teacher", "# Mean teacher\n")
     refresh(folder, tmp_path / "pages", ["mean_teacher"])
     assert "| 2 | best-on-val | - | - | no baseline |" in page.read_text()
+
+
+@pytest.mark.parametrize("page", sorted((REPO / "docs/methods").glob("*.md")), ids=lambda page: page.stem)
+def test_every_method_page_shows_the_committed_leaderboard(page: Path) -> None:
+    """The generated block of each page is what benchmarks/results/quick says now: a rerun of the leaderboard
+    that is not carried onto the pages fails here."""
+    text = page.read_text()
+    block = text[text.index(MEASURED_BEGIN) : text.index(MEASURED_END) + len(MEASURED_END)]
+    assert block == BenchResults(REPO / "benchmarks/results/quick").section(page.stem)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from medsemi.bench.grid import BenchSpec, plan
+from medsemi.bench.grid import BenchError, BenchSpec, plan
 from medsemi.bench.leaderboard import read_csv_rows, verdict, write_leaderboard
+from medsemi.bench.runner import run_bench
 from medsemi.bench.worker import RULES, summary_csv
 from tests.bench.tiny_protocol import REPO, TINY
 
@@ -134,3 +136,37 @@ def test_leaderboard_md_shows_the_paired_table_per_rule(bench: BenchSpec) -> Non
 )
 def test_verdict_words(differences: tuple[float, ...], word: str) -> None:
     assert verdict(differences) == word
+
+
+def test_a_leaderboard_extends_from_its_recorded_outputs_alone(bench: BenchSpec, tmp_path: Path) -> None:
+    """The committed text outputs are enough: a new bench with none of the old folders, plus one new run,
+    gives the old numbers and verdicts back, with the new run paired against a recorded baseline."""
+    extended = dataclasses.replace(bench, out=tmp_path / "extended", recorded=bench.out)
+    runs = plan(extended)
+    new_run = next(r for r in runs if (r.method, r.budget, r.seed) == ("mixed", 4, 1))
+    _finished_run(new_run.run_dir, 0.60)
+    messages: list[str] = []
+    run_bench(extended, train=False, report=messages.append)
+    assert sum("recorded in" in m for m in messages) == len(DICE) and any("complete, reused" in m for m in messages)
+
+    def table(folder: Path, name: str) -> list[dict[str, str]]:
+        return [r for r in read_csv_rows(folder / name) if (r["method"], r["labeled"]) != ("mixed", "4")]
+
+    for name in ("leaderboard.csv", "seeds.csv", "verdicts.csv"):
+        assert table(extended.out, name) == table(bench.out, name)
+    verdicts = {(r["method"], r["labeled"], r["checkpoint"]): r for r in read_csv_rows(extended.out / "verdicts.csv")}
+    assert verdicts[("mixed", "4", "best")]["verdict"] == "worse (1 seed)"
+    assert float(verdicts[("mixed", "4", "best")]["median"]) == pytest.approx(-0.10)
+    old, new = read_csv_rows(bench.out / "runs.csv"), read_csv_rows(extended.out / "runs.csv")
+    recorded = {r["run_dir"]: r for r in new if r["status"] == "recorded"}
+    assert recorded == {r["run_dir"]: {**r, "status": "recorded"} for r in old if r["status"] == "complete"}
+    assert [r["run_dir"] for r in new if r["status"] == "complete"] == [str(new_run.run_dir)]
+    assert f"taken from {bench.out}" in (extended.out / "leaderboard.md").read_text()
+
+
+def test_recorded_outputs_of_another_protocol_are_refused(bench: BenchSpec, tmp_path: Path) -> None:
+    other = dataclasses.replace(bench, protocol=dataclasses.replace(TINY, name="other"), out=tmp_path / "o")
+    with pytest.raises(BenchError, match=r"seeds.csv: holds protocol tiny, this bench is 'other'"):
+        write_leaderboard(dataclasses.replace(other, recorded=bench.out), plan(other), {})
+    with pytest.raises(BenchError, match=r"missing; --recorded needs"):
+        write_leaderboard(dataclasses.replace(bench, recorded=tmp_path / "nothing"), plan(bench), {})
