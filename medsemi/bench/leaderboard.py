@@ -48,6 +48,8 @@ BASELINE = "supervised"
 """Every other method is paired with it, seed by seed, on the mean Dice."""
 PAIRED_METRIC = f"dice_minus_{BASELINE}"
 RECORDED = "recorded"
+COST_COLUMNS = ("train_wall_s", "eval_wall_s", "peak_rss_mb", "peak_cuda_mb")
+"""The numeric cost of a run, as `run_cost` measures it and runs.csv keeps it."""
 """The status of a run taken from an earlier leaderboard's tidy outputs instead of its folder."""
 
 
@@ -138,7 +140,8 @@ def collect(run: RunSpec, test_limit: int | None, failed: dict[Path, str]) -> Ru
     return result
 
 
-def _number(text: str) -> float | None:
+def optional_float(text: str) -> float | None:
+    """A number read back from a tidy CSV, where an empty cell means none."""
     return float(text) if text else None
 
 
@@ -181,12 +184,11 @@ def recorded_results(folder: Path, runs: Iterable[RunSpec], protocol: str) -> di
         result = RunResult(dataclasses.replace(run, run_dir=Path(record["run_dir"])), RECORDED)
         result.summaries = summaries[key]
         result.test_cases = {rule: cases[(run.method, run.budget, rule)] for rule in result.summaries}
-        result.cost = {name: _number(record[name]) for name in ("train_wall_s", "eval_wall_s", "peak_rss_mb")}
-        result.cost |= {"peak_cuda_mb": _number(record["peak_cuda_mb"]), "threads": _number(record["threads"])}
+        result.cost = {name: optional_float(record[name]) for name in (*COST_COLUMNS, "threads")}
         result.cost["device"] = record["device"]
         result.iterations = int(record["iterations"])
         result.best_step = int(record["best_step"]) if record["best_step"] else None
-        result.best_val_dice = _number(record["best_val_dice"])
+        result.best_val_dice = optional_float(record["best_val_dice"])
         results[run.run_dir] = result
     return results
 
@@ -552,7 +554,7 @@ def _run_rows(results: list[RunResult], protocol: str) -> list[dict[str, Any]]:
             "seed": r.run.seed,
             "status": r.status,
             "iterations": r.iterations,
-            **{key: r.cost.get(key) for key in ("train_wall_s", "eval_wall_s", "peak_rss_mb", "peak_cuda_mb")},
+            **{key: r.cost.get(key) for key in COST_COLUMNS},
             "device": r.cost.get("device", ""),
             "threads": r.cost.get("threads"),
             "best_step": r.best_step,

@@ -24,6 +24,7 @@ from medsemi.bench.leaderboard import (
     MEAN,
     RULE_TITLES,
     format_cell,
+    optional_float,
     paired_cells,
     read_csv_rows,
 )
@@ -48,7 +49,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 def _typed(row: dict[str, str]) -> dict[str, Any]:
     """A leaderboard.csv or verdicts.csv row with the numbers `format_cell` reads parsed back from text (None where
     a verdict has no paired seed)."""
-    spread = {key: float(row[key]) if row[key] else None for key in ("median", "min", "max")}
+    spread = {key: optional_float(row[key]) for key in ("median", "min", "max")}
     return {**row, **spread, "n_seeds": int(row["n_seeds"])}
 
 
